@@ -1,0 +1,234 @@
+"""Typed configuration: YAML files + dotted command-line overrides, validated before any work.
+
+OmegaConf merges the YAML and the overrides onto the dataclass schema below, so an unknown key
+(a typo) or a value of the wrong type is rejected by the library itself; `validate` adds the range
+checks that a type cannot express. Every problem surfaces as one `ConfigError` naming the key, which
+the scripts turn into `error: <key>: <problem>` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A bad configuration or argument: `key` is the dotted key at fault ('' for the command line)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic_regression"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    name: str = "simple_mse"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParamGroupConfig:
+    """Parameters whose names match any of `params` (fnmatch globs) form their own group."""
+
+    name: str = "group"
+    params: list[str] = field(default_factory=list)
+    lr: float | None = None
+    weight_decay: float | None = None
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "random_scaled_sgd"
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    groups: list[ParamGroupConfig] = field(default_factory=list)
+
+
+@dataclass
+class SchedulerConfig:
+    strategy: str = "builtin"
+    name: str = "ConstantLR"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    expression: str | None = None
+    constants: dict[str, float] = field(default_factory=dict)
+    interval: str = "step"
+    monitor: str = "train/loss"
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 200
+    batch_size: int = 64
+    grad_accum_steps: int = 1
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 4
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    resume: str = "auto"
+    clip_grad_norm: float = 0.0
+    mixed_precision: str | None = None
+    nonfinite: str = "stop"
+    progress: bool = True
+    plots: bool = True
+
+
+@dataclass
+class DistributedConfig:
+    sync_check_every: int = 100
+    sync_check_action: str = "error"
+
+
+@dataclass
+class TrackingConfig:
+    wandb: bool = False
+    project: str = "template"
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    output_dir: str = "runs/default"
+    imports: list[str] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "scheduler.interval": ("step", "epoch"),
+    "train.nonfinite": ("stop", "skip"),
+    "train.mixed_precision": ("no", "fp16", "bf16"),
+    "distributed.sync_check_action": ("error", "resync"),
+}
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _schema_keys(node: Any, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}.{k}" if prefix else str(k)
+            keys.append(full)
+            keys.extend(_schema_keys(node._get_node(k), full))
+    return keys
+
+
+def _as_config_error(exc: OmegaConfBaseException, schema: DictConfig) -> ConfigError:
+    key = getattr(exc, "full_key", "") or ""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "Key '" in message and "not in" in message:
+        leaf = key.rsplit(".", 1)[-1]
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        siblings = [k.rsplit(".", 1)[-1] for k in _schema_keys(schema) if k.rsplit(".", 1)[0] == parent] if parent \
+            else [k for k in _schema_keys(schema) if "." not in k]
+        return ConfigError(key, f"unknown key{_suggest(leaf, siblings)}")
+    return ConfigError(key, message)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Merge schema <- YAML file <- `key=value` overrides, then validate; raises ConfigError."""
+    schema = OmegaConf.structured(Config)
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError("--config", f"no such config file: {path}")
+    try:
+        file_cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors come in several classes; all mean the same to the user
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ConfigError("--config", f"cannot parse {path}: {detail}") from None
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError("", f"override '{item}' is not of the form key=value")
+    try:
+        cli_cfg = OmegaConf.from_dotlist(list(overrides))
+        merged = OmegaConf.merge(schema, file_cfg, cli_cfg)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise _as_config_error(exc, schema) from None
+    validate(cfg)
+    return cfg
+
+
+def _check(condition: bool, key: str, problem: str) -> None:
+    if not condition:
+        raise ConfigError(key, problem)
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks that the schema's types cannot express."""
+    t = cfg.train
+    _check(t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}")
+    _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {t.grad_accum_steps}")
+    _check(t.batch_size % t.grad_accum_steps == 0, "train.batch_size",
+           f"{t.batch_size} is not divisible by train.grad_accum_steps={t.grad_accum_steps}")
+    for key in ("log_every", "eval_every", "checkpoint_every", "eval_batches"):
+        value = getattr(t, key)
+        _check(value >= 0, f"train.{key}", f"must be >= 0, got {value}")
+    _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
+    _check(t.clip_grad_norm >= 0, "train.clip_grad_norm", f"must be >= 0 (0 disables), got {t.clip_grad_norm}")
+    _check(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+    _check(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+    for i, group in enumerate(cfg.optimizer.groups):
+        _check(bool(group.params), f"optimizer.groups.{i}.params", "must list at least one name pattern")
+        _check(group.lr is None or group.lr > 0, f"optimizer.groups.{i}.lr", f"must be > 0, got {group.lr}")
+    d = cfg.distributed
+    _check(d.sync_check_every >= 0, "distributed.sync_check_every", "must be >= 0 (0 disables)")
+    _check(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _check(bool(cfg.output_dir), "output_dir", "must not be empty")
+    for key, options in CHOICES.items():
+        section, leaf = key.split(".")
+        value = getattr(getattr(cfg, section), leaf)
+        if value is None and key == "train.mixed_precision":
+            continue
+        _check(value in options, key, f"must be one of {', '.join(options)}, got '{value}'{_suggest(str(value), options)}")
+    if t.resume not in ("auto", "none"):
+        _check(Path(t.resume).exists(), "train.resume", f"checkpoint path does not exist: {t.resume}")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-container form for logging and saving (the config never holds secrets: see tracking)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

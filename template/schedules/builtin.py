@@ -1,0 +1,62 @@
+"""`scheduler.strategy: builtin`: any class of `torch.optim.lr_scheduler` by name, with its kwargs.
+
+Compositions are written in YAML as nested {name, kwargs} entries, e.g. linear warmup then cosine:
+
+    name: SequentialLR
+    kwargs:
+      milestones: [100]
+      schedulers:
+        - {name: LinearLR, kwargs: {start_factor: 0.01, total_iters: 100}}
+        - {name: CosineAnnealingLR, kwargs: {T_max: 900}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.optim import lr_scheduler
+
+from template.config import ConfigError, SchedulerConfig, _suggest
+from template.schedules.base import STRATEGIES
+
+COMPOSITES = ("SequentialLR", "ChainedScheduler")
+
+
+def _torch_class(name: str, key: str) -> type:
+    cls = getattr(lr_scheduler, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, lr_scheduler.LRScheduler)) or name.startswith("_"):
+        names = [n for n in dir(lr_scheduler) if isinstance(getattr(lr_scheduler, n), type)
+                 and issubclass(getattr(lr_scheduler, n), lr_scheduler.LRScheduler) and not n.startswith("_")]
+        raise ConfigError(key, f"unknown torch scheduler '{name}'{_suggest(name, names)}")
+    return cls
+
+
+def build_torch_scheduler(
+    name: str, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer, key: str = "scheduler.name"
+) -> lr_scheduler.LRScheduler:
+    cls = _torch_class(name, key)
+    kwargs = dict(kwargs)
+    if name in COMPOSITES:
+        children = kwargs.get("schedulers")
+        if not isinstance(children, list) or not children:
+            raise ConfigError(f"{key.rsplit('.', 1)[0]}.kwargs.schedulers", "must be a list of {name, kwargs}")
+        built = []
+        for i, child in enumerate(children):
+            child_key = f"scheduler.kwargs.schedulers.{i}"
+            if not isinstance(child, dict) or "name" not in child:
+                raise ConfigError(child_key, "must be a mapping with 'name' (and optional 'kwargs')")
+            built.append(build_torch_scheduler(child["name"], child.get("kwargs") or {}, optimizer, f"{child_key}.name"))
+        kwargs["schedulers"] = built
+        if name == "ChainedScheduler":
+            kwargs.setdefault("optimizer", optimizer)
+            return cls(**kwargs)
+    try:
+        return cls(optimizer, **kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(key.rsplit(".", 1)[0] + ".kwargs", f"{name}: {exc}") from None
+
+
+@STRATEGIES.register("builtin")
+def build_builtin(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int):
+    return build_torch_scheduler(cfg.name, cfg.kwargs, optimizer)

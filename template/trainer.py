@@ -1,0 +1,231 @@
+"""The training loop: the tutorial's forward, loss, backward, optimizer step, lr step, at any scale.
+
+Everything the loop needs is built by `build_parts` from the config through the registries; side
+concerns (checkpoints, tracking, cross-rank checks, plots) are one call each into their own module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from template import checkpoint
+from template.config import Config, ConfigError, to_yaml
+from template.data import DATASETS, GlobalBatchSampler, make_loader
+from template.distributed import (
+    check_lr_sync,
+    first_drift,
+    make_accelerator,
+    param_digest,
+    replica_digests,
+)
+from template.losses import LOSSES
+from template.models import MODELS
+from template.optim import build_optimizer
+from template.plotting import plot_training_curves
+from template.schedules import LRSchedule, build_schedule
+from template.tracking import Tracker
+
+
+class DriftError(RuntimeError):
+    """Replicas that should be bit-identical are not."""
+
+
+@dataclass
+class Parts:
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    train_set: Dataset
+    eval_set: Dataset | None
+    updates_per_epoch: int
+    micro_batch: int  # per rank, per accumulation step
+
+
+def import_plugins(cfg: Config) -> None:
+    """Import the modules listed under `imports:` so their registrations exist (a forker's components)."""
+    for i, name in enumerate(cfg.imports):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"imports.{i}", f"cannot import '{name}': {exc}") from None
+
+
+def build_parts(cfg: Config, world_size: int = 1) -> Parts:
+    """Model, loss, optimizer, lr schedule and data from the config; every bad value is a ConfigError."""
+    import_plugins(cfg)
+    t = cfg.train
+    if t.batch_size % (world_size * t.grad_accum_steps):
+        raise ConfigError(
+            "train.batch_size",
+            f"global batch {t.batch_size} is not divisible by world size {world_size} "
+            f"x train.grad_accum_steps {t.grad_accum_steps}",
+        )
+    set_seed(cfg.seed)
+    model = MODELS.build(cfg.model.name, **cfg.model.kwargs)
+    loss_fn = LOSSES.build(cfg.loss.name, **cfg.loss.kwargs)
+    train_set, eval_set = DATASETS.build(cfg.data.name, cfg.seed, **cfg.data.kwargs)
+    if t.batch_size > len(train_set):  # type: ignore[arg-type]
+        raise ConfigError("train.batch_size", f"{t.batch_size} is larger than the dataset ({len(train_set)} samples)")  # type: ignore[arg-type]
+    updates_per_epoch = len(train_set) // t.batch_size  # type: ignore[arg-type]
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.seed)
+    schedule = build_schedule(cfg.scheduler, optimizer, updates_per_epoch)
+    return Parts(model, loss_fn, optimizer, schedule, train_set, eval_set, updates_per_epoch,
+                 t.batch_size // (world_size * t.grad_accum_steps))
+
+
+def prepare_output_dir(cfg: Config) -> Path:
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output_dir", f"{out} exists and is not a directory")
+    return out
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: nn.Module, loss_fn: nn.Module, loader: Any, batches: int) -> float:
+    """Mean loss over the eval split, weighted by samples and reduced over ranks (same value everywhere)."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for x, y in itertools.islice(loader, batches or None):
+        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        with accelerator.autocast():
+            totals[0] += loss_fn(model(x), y).double() * len(x)
+        totals[1] += len(x)
+    model.train()
+    totals = accelerator.reduce(totals, "sum")
+    return (totals[0] / totals[1]).item()
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run (or resume) the training described by `cfg` on however many processes were launched."""
+    accelerator = make_accelerator(cfg.train.mixed_precision, log_with="wandb" if cfg.tracking.wandb else None)
+    parts = build_parts(cfg, accelerator.num_processes)
+    out = prepare_output_dir(cfg)
+    resume_from = checkpoint.find_resume_point(out, cfg.train.resume)
+    t = cfg.train
+    device = accelerator.device
+    model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
+    loss_fn, schedule = parts.loss_fn.to(device), parts.schedule
+
+    start, run_id = 0, None
+    if resume_from is not None:
+        resumed = checkpoint.load_checkpoint(accelerator, resume_from)
+        schedule.load_state_dict(resumed.state["schedule"])
+        start, run_id = resumed.step, resumed.state.get("wandb_run_id")
+        accelerator.print(f"resumed from {resume_from} at update {start}")
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    accelerator.wait_for_everyone()
+    tracker = Tracker(accelerator, cfg, run_id)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    pin = device.type == "cuda"
+    sampler = GlobalBatchSampler(len(parts.train_set), t.batch_size, t.grad_accum_steps, world, rank,  # type: ignore[arg-type]
+                                 cfg.seed, start_update=start)
+    batches = iter(make_loader(parts.train_set, sampler, cfg.data.num_workers, pin))
+    eval_loader = None
+    if parts.eval_set is not None and (t.eval_every or t.eval_batches):
+        eval_batch = min(t.batch_size, len(parts.eval_set))  # type: ignore[arg-type]
+        eval_batch -= eval_batch % world
+        eval_sampler = GlobalBatchSampler(len(parts.eval_set), eval_batch, 1, world, rank, cfg.seed, shuffle=False)  # type: ignore[arg-type]
+        eval_loader = make_loader(parts.eval_set, eval_sampler, 0, pin)
+        eval_steps = min(t.eval_batches or eval_sampler.updates_per_epoch, eval_sampler.updates_per_epoch)
+
+    resync = cfg.distributed.sync_check_action == "resync"
+    metric_from_train = schedule.needs_metric and schedule.monitor == "train/loss"
+    progress = tqdm(total=t.max_steps, initial=start, disable=not (accelerator.is_main_process and t.progress),
+                    desc="train", dynamic_ncols=True)
+    window_start, window_updates = time.perf_counter(), 0
+    loss_value = float("nan")
+
+    model.train()
+    for step in range(start + 1, t.max_steps + 1):
+        lrs = schedule.lrs()  # the lr this update uses: what gets logged for it
+        update_loss = torch.zeros((), device=device)
+        for micro in range(t.grad_accum_steps):
+            x, y = next(batches)
+            x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+            last = micro == t.grad_accum_steps - 1
+            with nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
+                loss = loss_fn(model(x), y) / t.grad_accum_steps
+            accelerator.backward(loss)
+            update_loss += loss.detach()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.clip_grad_norm) if t.clip_grad_norm else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_updates += 1
+
+        # Host reads (and the collectives behind them) only where a value is needed, not every update.
+        metrics: dict[str, float] = {}
+        logging = step % t.log_every == 0 or step == t.max_steps
+        if logging or metric_from_train:
+            loss_value = accelerator.reduce(update_loss, "mean").item()
+            metrics["train/loss"] = loss_value
+            if t.nonfinite == "stop" and not torch.isfinite(torch.tensor(loss_value)):
+                raise FloatingPointError(f"non-finite loss {loss_value} at update {step}")
+        if eval_loader is not None and t.eval_every and (step % t.eval_every == 0 or step == t.max_steps):
+            metrics["eval/loss"] = evaluate(accelerator, model, loss_fn, eval_loader, eval_steps)
+            tracker.log({"step": step, "eval/loss": metrics["eval/loss"]})
+        if not optimizer.step_was_skipped:  # an fp16 overflow skipped the update: the schedule waits too
+            schedule.after_update(step, metrics)
+        if cfg.distributed.sync_check_every and step % cfg.distributed.sync_check_every == 0:
+            check_lr_sync(accelerator, schedule.lrs(), resync, optimizer)
+
+        if logging:
+            elapsed = time.perf_counter() - window_start
+            row = {"step": step, "lr": next(iter(lrs.values())), **{f"lr/{k}": v for k, v in lrs.items()},
+                   "loss": loss_value, "epoch": step / parts.updates_per_epoch,
+                   "samples_per_s": window_updates * t.batch_size / elapsed if elapsed > 0 else 0.0}
+            if grad_norm is not None:
+                row["grad_norm"] = float(grad_norm)
+            tracker.log(row)
+            progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{row['lr']:.3g}", refresh=False)
+            window_start, window_updates = time.perf_counter(), 0
+        progress.update(1)
+
+        if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.max_steps):
+            checkpoint.save_checkpoint(accelerator, out, step, {
+                "step": step, "schedule": schedule.state_dict(), "wandb_run_id": tracker.run_id,
+            }, t.keep_checkpoints)
+    progress.close()
+
+    return finish(accelerator, cfg, model, tracker, out)
+
+
+def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tracker, out: Path) -> dict[str, Any]:
+    """Check replicas agree, then write model.safetensors, summary.json and the curves (rank 0)."""
+    digests = replica_digests(accelerator, model)
+    drifted = first_drift(accelerator, model) if len(set(digests)) > 1 else None
+    unwrapped = accelerator.unwrap_model(model)
+    summary = {"step": cfg.train.max_steps, "world_size": accelerator.num_processes,
+               "param_digest": param_digest(unwrapped), "replica_digests": digests}
+    if accelerator.is_main_process:
+        if drifted is None:
+            state = {k: v.detach().cpu().contiguous() for k, v in unwrapped.state_dict().items()}
+            save_file(state, str(out / "model.safetensors"))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if cfg.train.plots:
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+            tracker.log_images({k: v for k, v in plot_training_curves(rows, out).items()}, cfg.train.max_steps)
+    tracker.close()
+    accelerator.wait_for_everyone()
+    if drifted is not None:
+        raise DriftError(f"replicas drifted: parameter '{drifted}' differs between ranks ({digests})")
+    return summary
