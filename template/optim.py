@@ -113,5 +113,6 @@ def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, seed: int) -> torch.optim.Optimizer:
-    return OPTIMIZERS.build(cfg.name, param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            seed=seed, **cfg.kwargs)
+    """`seed` (the run's) seeds optimizer randomness unless `optimizer.kwargs.seed` pins its own."""
+    kwargs = {"seed": seed, **cfg.kwargs}
+    return OPTIMIZERS.build(cfg.name, param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
