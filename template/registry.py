@@ -47,13 +47,19 @@ class Registry(Generic[T]):
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Look up `name` and call it; arguments its signature rejects are reported as a config error."""
         factory: Any = self.get(name)
+        section = self.config_key.rsplit(".", 1)[0]
         try:
             inspect.signature(factory).bind(*args, **kwargs)
         except TypeError as exc:
-            raise ConfigError(self.config_key, f"bad arguments for {self.kind} '{name}': {exc}") from None
+            raise ConfigError(f"{section}.kwargs", f"bad arguments for {self.kind} '{name}': {exc}") from None
         except ValueError:  # builtins without a signature: let the call itself decide
             pass
-        return factory(*args, **kwargs)
+        try:
+            return factory(*args, **kwargs)
+        except ConfigError:
+            raise
+        except (ValueError, ZeroDivisionError) as exc:  # constructors validate their arguments this way
+            raise ConfigError(f"{section}.kwargs", f"{self.kind} '{name}': {exc}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

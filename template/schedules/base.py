@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from template.config import SchedulerConfig
+from template.config import ConfigError, SchedulerConfig
 from template.registry import Registry
 
 
@@ -93,5 +93,10 @@ class LRSchedule:
 
 
 def build_schedule(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> LRSchedule:
-    strategy = STRATEGIES.get(cfg.strategy)(cfg, optimizer, updates_per_epoch)
+    try:
+        strategy = STRATEGIES.get(cfg.strategy)(cfg, optimizer, updates_per_epoch)
+    except ConfigError:
+        raise
+    except (ValueError, ZeroDivisionError, OverflowError) as exc:  # the strategy rejected its arguments
+        raise ConfigError("scheduler.kwargs", f"{cfg.strategy} '{cfg.name}': {exc}") from None
     return LRSchedule(strategy, optimizer, cfg.interval, updates_per_epoch, cfg.monitor)

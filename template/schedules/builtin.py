@@ -21,6 +21,10 @@ from template.config import ConfigError, SchedulerConfig, _suggest
 from template.schedules.base import STRATEGIES
 
 COMPOSITES = ("SequentialLR", "ChainedScheduler")
+# Counts torch only divides by at the first step() (StepLR(step_size=0) constructs fine, then crashes
+# mid-training): checked up front so a bad value fails at config time.
+POSITIVE_COUNTS = ("step_size", "T_max", "T_0", "total_iters", "total_steps", "step_size_up", "epochs",
+                   "steps_per_epoch", "T_mult")
 
 
 def _torch_class(name: str, key: str) -> type:
@@ -37,10 +41,15 @@ def build_torch_scheduler(
 ) -> lr_scheduler.LRScheduler:
     cls = _torch_class(name, key)
     kwargs = dict(kwargs)
+    section = key.rsplit(".", 1)[0]
+    for count in POSITIVE_COUNTS:
+        value = kwargs.get(count)
+        if isinstance(value, (int, float)) and value <= 0:
+            raise ConfigError(f"{section}.kwargs.{count}", f"must be > 0 for {name}, got {value}")
     if name in COMPOSITES:
         children = kwargs.get("schedulers")
         if not isinstance(children, list) or not children:
-            raise ConfigError(f"{key.rsplit('.', 1)[0]}.kwargs.schedulers", "must be a list of {name, kwargs}")
+            raise ConfigError(f"{section}.kwargs.schedulers", "must be a list of {name, kwargs}")
         built = []
         for i, child in enumerate(children):
             child_key = f"scheduler.kwargs.schedulers.{i}"
@@ -53,8 +62,8 @@ def build_torch_scheduler(
             return cls(**kwargs)
     try:
         return cls(optimizer, **kwargs)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError(key.rsplit(".", 1)[0] + ".kwargs", f"{name}: {exc}") from None
+    except (TypeError, ValueError, KeyError, ZeroDivisionError) as exc:
+        raise ConfigError(f"{section}.kwargs", f"{name}: {exc}") from None
 
 
 @STRATEGIES.register("builtin")
