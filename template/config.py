@@ -144,7 +144,7 @@ def _suggest(word: str, options: Sequence[str]) -> str:
 def _schema_keys(node: Any, prefix: str = "") -> list[str]:
     keys: list[str] = []
     if isinstance(node, DictConfig):
-        for k in node.keys():
+        for k in node:
             full = f"{prefix}.{k}" if prefix else str(k)
             keys.append(full)
             keys.extend(_schema_keys(node._get_node(k), full))
@@ -220,7 +220,8 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), leaf)
         if value is None and key == "train.mixed_precision":
             continue
-        _check(value in options, key, f"must be one of {', '.join(options)}, got '{value}'{_suggest(str(value), options)}")
+        hint = _suggest(str(value), options)
+        _check(value in options, key, f"must be one of {', '.join(options)}, got '{value}'{hint}")
     if t.resume not in ("auto", "none"):
         _check(Path(t.resume).exists(), "train.resume", f"checkpoint path does not exist: {t.resume}")
 

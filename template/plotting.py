@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_lr_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path: str | Path,

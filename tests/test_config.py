@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, TRAIN, clean_env
+
 from template.cli import run
 from template.config import Config, ConfigError, load_config
 from template.trainer import train

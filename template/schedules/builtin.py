@@ -55,7 +55,8 @@ def build_torch_scheduler(
             child_key = f"scheduler.kwargs.schedulers.{i}"
             if not isinstance(child, dict) or "name" not in child:
                 raise ConfigError(child_key, "must be a mapping with 'name' (and optional 'kwargs')")
-            built.append(build_torch_scheduler(child["name"], child.get("kwargs") or {}, optimizer, f"{child_key}.name"))
+            child_kwargs = child.get("kwargs") or {}
+            built.append(build_torch_scheduler(child["name"], child_kwargs, optimizer, f"{child_key}.name"))
         kwargs["schedulers"] = built
         if name == "ChainedScheduler":
             kwargs.setdefault("optimizer", optimizer)

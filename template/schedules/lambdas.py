@@ -33,7 +33,9 @@ def constant() -> Multiplier:
     return lambda count: 1.0
 
 
-def expression_multiplier(source: str, constants: dict[str, float], interval: str, updates_per_epoch: int) -> Multiplier:
+def expression_multiplier(
+    source: str, constants: dict[str, float], interval: str, updates_per_epoch: int
+) -> Multiplier:
     """Compile `source` now (a typo fails at config time) and map the scheduler's count to step/epoch."""
     try:
         expr = compile_expression(source, ("step", "epoch"), constants)

@@ -7,6 +7,7 @@ after every applied update, exactly as it advances the other strategies, and the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -54,6 +55,23 @@ class ManualHalvingLR(ManualLR):
         if update % self.every == 0:
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] * self.gamma
+
+
+@MANUAL_STRATEGIES.register("cosine")
+class ManualCosineLR(ManualLR):
+    """nanoGPT's way: lr is a pure function of the update count, written into each group before it is used."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, T_max: int, eta_min: float = 0.0) -> None:
+        super().__init__(optimizer)
+        if T_max < 1:
+            raise ValueError(f"T_max must be >= 1, got {T_max}")
+        self.T_max = T_max
+        self.eta_min = eta_min
+
+    def step(self, update: int, epoch: int, metric: float | None) -> None:
+        progress = min(update, self.T_max) / self.T_max
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = self.eta_min + (base - self.eta_min) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @MANUAL_STRATEGIES.register("plateau_halving")
