@@ -159,7 +159,10 @@ def _as_config_error(exc: OmegaConfBaseException, schema: DictConfig) -> ConfigE
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         siblings = [k.rsplit(".", 1)[-1] for k in _schema_keys(schema) if k.rsplit(".", 1)[0] == parent] if parent \
             else [k for k in _schema_keys(schema) if "." not in k]
-        return ConfigError(key, f"unknown key{_suggest(leaf, siblings)}")
+        hint = _suggest(leaf, siblings)
+        if not hint:  # right name, wrong section? (`checkpoint_every` for `train.checkpoint_every`)
+            hint = _suggest(leaf, [k for k in _schema_keys(schema) if k.rsplit(".", 1)[-1] == leaf])
+        return ConfigError(key, f"unknown key{hint}")
     return ConfigError(key, message)
 
 
