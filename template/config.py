@@ -181,8 +181,13 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
         if "=" not in item or item.startswith("="):
             raise ConfigError("", f"override '{item}' is not of the form key=value")
     try:
-        cli_cfg = OmegaConf.from_dotlist(list(overrides))
-        merged = OmegaConf.merge(schema, file_cfg, cli_cfg)
+        for item in overrides:
+            # `a.kwargs={x: 1}` replaces the whole mapping (switching model.name must not keep the old
+            # model's kwargs); `a.kwargs.x=1` changes one entry.
+            key, value = item.split("=", 1)
+            parsed = OmegaConf.from_dotlist([f"value={value}"]).value
+            OmegaConf.update(file_cfg, key, parsed, merge=False, force_add=True)
+        merged = OmegaConf.merge(schema, file_cfg)
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise _as_config_error(exc, schema) from None
