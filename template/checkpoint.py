@@ -17,6 +17,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import safe_open
+from torch import nn
+
+from template.config import ConfigError
 
 TRAINER_STATE = "trainer.pt"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -65,25 +69,51 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     return final
 
 
-def load_trainer_state(path: Path) -> dict[str, Any]:
-    return torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
-
-
-def find_resume_point(output_dir: str | Path, resume: str) -> Path | None:
-    """`none` -> None; `auto` -> newest complete checkpoint or None; else the given path, which must be complete."""
+def resume_candidates(output_dir: str | Path, resume: str) -> list[Path]:
+    """Where to resume from, best first: `none` -> []; `auto` -> complete checkpoints, newest first;
+    a path -> that checkpoint only (it must be complete)."""
     if resume == "none":
-        return None
+        return []
     if resume == "auto":
-        found = complete_checkpoints(output_dir)
-        return found[-1] if found else None
+        return complete_checkpoints(output_dir)[::-1]
     path = Path(resume)
     if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {TRAINER_STATE})")
-    return path
+        raise ConfigError("train.resume", f"{path} is not a complete checkpoint (no {TRAINER_STATE})")
+    return [path]
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> Resumed:
-    """Restore model, optimizer and RNG states through Accelerate, and return the trainer's own state."""
-    state = load_trainer_state(path)
-    accelerator.load_state(str(path))
-    return Resumed(path=path, step=int(state["step"]), state=state)
+def check_compatible(path: Path, model: nn.Module) -> None:
+    """Compare the checkpoint's tensor names and shapes with the model's, reading only the header."""
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        return  # not a safetensors checkpoint (e.g. sharded FSDP state): Accelerate checks on load
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with safe_open(str(weights), framework="pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    if missing or extra:
+        raise ConfigError("train.resume", f"checkpoint {path} is from a different model: "
+                          f"missing {missing[:3]}, unexpected {extra[:3]}")
+    for name, shape in expected.items():
+        if saved[name] != shape:
+            raise ConfigError("train.resume", f"checkpoint {path} is from a different model: '{name}' has shape "
+                              f"{list(saved[name])} there but {list(shape)} in this config")
+
+
+def load_checkpoint(accelerator: Accelerator, model: nn.Module, candidates: list[Path]) -> Resumed | None:
+    """Restore from the first candidate that loads; a corrupt one is reported and skipped, never a crash loop.
+
+    A shape mismatch is not corruption: it means the config changed, and it stops the run (ConfigError).
+    """
+    for path in candidates:
+        check_compatible(path, accelerator.unwrap_model(model))
+        try:
+            state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+            accelerator.load_state(str(path))
+        except Exception as exc:  # truncated/corrupt files raise many types; all mean "try the previous one"
+            accelerator.print(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); skipping it")
+            continue
+        return Resumed(path=path, step=int(state["step"]), state=state)
+    if candidates:
+        accelerator.print("warning: no readable checkpoint; starting from scratch")
+    return None

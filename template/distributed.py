@@ -4,16 +4,60 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
+
+if TYPE_CHECKING:
+    from template.schedules.base import LRSchedule
+
+# Where launchers put the world size: torchrun / accelerate launch, then the MPI flavours Accelerate reads.
+WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 class LaunchError(RuntimeError):
     """The launch does not match what the processes see; reported like a config error (exit 2)."""
+
+
+class LRSyncError(RuntimeError):
+    """A param group's lr differs between ranks (`distributed.sync_check_action: error`)."""
+
+
+def launcher_world_size(env: Mapping[str, str] | None = None) -> int:
+    """The number of processes the launcher says it started (1 when nothing says otherwise)."""
+    env = os.environ if env is None else env
+    for key in WORLD_SIZE_VARS:
+        value = env.get(key, "").strip()
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                raise LaunchError(f"{key}={value!r} in the environment is not an integer") from None
+    return 1
+
+
+def check_launch_env(env: Mapping[str, str] | None = None) -> None:
+    """Refuse, before any rendezvous, an environment that claims N processes but cannot form a group.
+
+    A stray `WORLD_SIZE=2` (exported by an earlier job, or a plain `python train.py` inside a launcher's
+    shell) without the `RANK` and `MASTER_ADDR` that every launcher sets would otherwise end in a
+    traceback from deep inside Accelerate or torch.distributed.
+    """
+    env = os.environ if env is None else env
+    world = launcher_world_size(env)
+    if world > 1 and env.get("WORLD_SIZE", "").strip():
+        missing = [k for k in ("RANK", "MASTER_ADDR") if not env.get(k, "").strip()]
+        if missing:
+            raise LaunchError(
+                f"WORLD_SIZE={world} is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
+                "start the script with `accelerate launch` or `torchrun` (which set all of them), "
+                "or unset WORLD_SIZE for a single process"
+            )
 
 
 def make_accelerator(mixed_precision: str | None = None, log_with: str | None = None,
@@ -23,27 +67,54 @@ def make_accelerator(mixed_precision: str | None = None, log_with: str | None = 
     On a machine without CUDA, a plain `Accelerator()` under `accelerate launch --multi_gpu` or torchrun
     gives every process world size 1: N independent trainings writing the same output_dir, silently.
     `cpu=True` makes it a real multi-CPU run; and whatever happens, a world size that disagrees with
-    the launcher's WORLD_SIZE stops the run before any work.
+    the launcher's WORLD_SIZE stops the run (LaunchError: one `error:` line, exit 2) before any work.
     """
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, log_with=log_with,
-        project_dir=project_dir,
-    )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    env = dict(os.environ)  # the launcher's view, before Accelerate rewrites WORLD_SIZE & co. on CPU
+    check_launch_env(env)
+    launched = launcher_world_size(env)
+    try:
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, log_with=log_with,
+            project_dir=project_dir,
+        )
+    except ValueError as exc:  # Accelerate's and torch.distributed's own launch-environment checks
+        raise LaunchError(f"cannot set up the processes: {' '.join(str(exc).split())}") from None
     if launched != accelerator.num_processes:
         raise LaunchError(
             f"the launcher started {launched} processes but Accelerate sees {accelerator.num_processes} "
             f"({accelerator.distributed_type}); refusing to run independent copies of the training"
         )
+    if (accelerator.num_processes == 1 and env.get("MASTER_ADDR") and "ACCELERATE_USE_CPU" in env
+            and not any(env.get(k) for k in WORLD_SIZE_VARS)):
+        # accelerate's simple launcher sets MASTER_ADDR only when asked for >1 process or machine, yet
+        # starts one process per machine: without GPUs it needs --multi_gpu to spawn workers.
+        warnings.warn(
+            "accelerate launch was asked for several processes or machines but started this process alone "
+            "(world size 1). On a machine without GPUs pass --multi_gpu (gloo on CPU) or "
+            "--config_file accelerate_config.yaml; with several machines each one now trains on its own.",
+            RuntimeWarning, stacklevel=2,
+        )
     return accelerator
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    # reshape(-1): a 0-dim parameter (the tutorial's scalar theta) cannot be viewed as bytes directly.
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters by sorted name. Buffers are left out on purpose: DDP broadcasts them from rank 0
+    before each forward, and the forward itself (BatchNorm running stats) then updates them from the
+    rank's own batch, so after the last update they legitimately differ between replicas."""
+    return sorted(model.named_parameters(), key=lambda item: item[0])
 
 
 def param_digest(model: nn.Module) -> str:
     """sha256 over the parameters' raw bytes, names sorted: equal digests mean bit-identical weights."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in _parameters(model):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(_tensor_bytes(tensor))
     return digest.hexdigest()
 
 
@@ -53,33 +124,54 @@ def replica_digests(accelerator: Accelerator, model: nn.Module) -> list[str]:
 
 
 def first_drift(accelerator: Accelerator, model: nn.Module) -> str | None:
-    """Name of the first parameter (sorted) whose bytes differ from rank 0's, or None."""
-    state = accelerator.unwrap_model(model).state_dict()
-    for name in sorted(state):
-        local = hashlib.sha256(state[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-        if len(set(gather_object([local]))) > 1:
+    """Name of the first parameter (sorted) whose bytes differ between ranks, or None.
+
+    One all-gather of every rank's per-parameter digests (a collective: all ranks must call it, and
+    all get the same answer). Meant for after `replica_digests` disagreed, to name the culprit.
+    """
+    params = _parameters(accelerator.unwrap_model(model))
+    local = [(name, hashlib.sha256(_tensor_bytes(tensor)).hexdigest()) for name, tensor in params]
+    tables = gather_object([local])  # one list of (name, digest) per rank, in rank order
+    for i, (name, _) in enumerate(tables[0]):
+        if any(table[i] != tables[0][i] for table in tables[1:]):
             return name
     return None
 
 
-def check_lr_sync(accelerator: Accelerator, lrs: dict[str, float], resync: bool, optimizer: Any) -> None:
+_resync_reported = False
+
+
+def check_lr_sync(accelerator: Accelerator, schedule: LRSchedule, resync: bool) -> None:
     """Compare every rank's lrs with rank 0's in one small all-gather; resync from rank 0 or raise.
 
-    By construction all ranks compute the same lr; this catches what construction cannot (a
-    forker's strategy reading a rank-local value). Every rank sees the whole table, so all ranks
-    take the same decision and none is left waiting in a collective.
+    By construction all ranks compute the same lr; this catches what construction cannot (a forker's
+    strategy reading a rank-local value). Values are compared bit for bit. Every rank sees the whole
+    table, so all ranks take the same decision and none is left waiting in a collective.
+
+    `resync` makes rank 0 the truth: its lr strategy state (and with it every group's lr) is broadcast
+    and loaded on all ranks, so the strategies also agree from here on. It cannot undo updates already
+    made with different lrs: those show up as drifted replicas at the end (DriftError), so use it with
+    `sync_check_every: 1` if a strategy is known to be rank-dependent.
     """
     if accelerator.num_processes == 1:
         return
+    lrs = schedule.lrs()
     local = torch.tensor([list(lrs.values())], dtype=torch.float64, device=accelerator.device)
-    table = accelerator.gather(local).cpu().tolist()
-    reference = table[0]
-    for rank, row in enumerate(table):
-        if row == reference:
-            continue
-        if resync:
-            for group, lr in zip(optimizer.param_groups, reference, strict=True):
-                group["lr"] = lr
-            return
-        name, mine, theirs = next((n, a, b) for n, a, b in zip(lrs, row, reference, strict=True) if a != b)
-        raise RuntimeError(f"lr out of sync: group '{name}' is {mine!r} on rank {rank} but {theirs!r} on rank 0")
+    table = accelerator.gather(local).cpu()  # (world, groups), the same on every rank
+    bits = table.view(torch.int64)
+    mismatched = (bits != bits[0]).any(dim=1).nonzero().flatten().tolist()
+    if not mismatched:
+        return
+    rank = mismatched[0]
+    group = next(i for i in range(table.shape[1]) if bits[rank, i] != bits[0, i])
+    name, theirs, mine = list(lrs)[group], table[0, group].item(), table[rank, group].item()
+    message = f"group '{name}' is {mine!r} on rank {rank} but {theirs!r} on rank 0"
+    if not resync:
+        raise LRSyncError(f"lr out of sync: {message} (distributed.sync_check_action=error)")
+    state = broadcast_object_list([schedule.state_dict() if accelerator.is_main_process else None])[0]
+    schedule.load_state_dict(state)
+    global _resync_reported
+    if accelerator.is_main_process and not _resync_reported:
+        _resync_reported = True
+        warnings.warn(f"lr out of sync: {message}; resynced every rank from rank 0 "
+                      "(further resyncs are not reported)", RuntimeWarning, stacklevel=2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from template import checkpoint
+from template import checkpoint, nonfinite
 from template.config import Config, ConfigError, to_yaml
 from template.data import DATASETS, GlobalBatchSampler, make_loader
 from template.distributed import (
@@ -37,6 +38,7 @@ from template.losses import LOSSES
 from template.models import MODELS
 from template.optim import build_optimizer
 from template.plotting import plot_training_curves
+from template.preemption import StopRequest
 from template.schedules import LRSchedule, build_schedule
 from template.tracking import Tracker
 
@@ -116,18 +118,20 @@ def train(cfg: Config) -> dict[str, Any]:
     accelerator = make_accelerator(cfg.train.mixed_precision, log_with="wandb" if cfg.tracking.wandb else None)
     parts = build_parts(cfg, accelerator.num_processes)
     out = prepare_output_dir(cfg)
-    resume_from = checkpoint.find_resume_point(out, cfg.train.resume)
+    candidates = checkpoint.resume_candidates(out, cfg.train.resume)
     t = cfg.train
     device = accelerator.device
     model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
     loss_fn, schedule = parts.loss_fn.to(device), parts.schedule
 
     start, run_id = 0, None
-    if resume_from is not None:
-        resumed = checkpoint.load_checkpoint(accelerator, resume_from)
+    resumed = checkpoint.load_checkpoint(accelerator, model, candidates)
+    if resumed is not None:
         schedule.load_state_dict(resumed.state["schedule"])
         start, run_id = resumed.step, resumed.state.get("wandb_run_id")
-        accelerator.print(f"resumed from {resume_from} at update {start}")
+        accelerator.print(f"resumed from {resumed.path} at update {start}")
+    elif cfg.train.resume not in ("auto", "none"):
+        raise ConfigError("train.resume", f"checkpoint {cfg.train.resume} could not be loaded")
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -154,8 +158,12 @@ def train(cfg: Config) -> dict[str, Any]:
                     desc="train", dynamic_ncols=True)
     window_start, window_updates = time.perf_counter(), 0
     loss_value = float("nan")
+    skipped = int(resumed.state.get("skipped", 0)) if resumed is not None else 0
+    stop = StopRequest()
 
     model.train()
+    if cfg.distributed.sync_check_every:  # the first update's lr too (a strategy set up rank-dependently)
+        check_lr_sync(accelerator, schedule, resync)
     for step in range(start + 1, t.max_steps + 1):
         lrs = schedule.lrs()  # the lr this update uses: what gets logged for it
         update_loss = torch.zeros((), device=device)
@@ -168,7 +176,9 @@ def train(cfg: Config) -> dict[str, Any]:
             accelerator.backward(loss)
             update_loss += loss.detach()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.clip_grad_norm) if t.clip_grad_norm else None
-        optimizer.step()
+        applied = t.nonfinite != "skip" or nonfinite.gradients_finite(model, grad_norm)
+        if applied:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         window_updates += 1
 
@@ -178,15 +188,17 @@ def train(cfg: Config) -> dict[str, Any]:
         if logging or metric_from_train:
             loss_value = accelerator.reduce(update_loss, "mean").item()
             metrics["train/loss"] = loss_value
-            if t.nonfinite == "stop" and not torch.isfinite(torch.tensor(loss_value)):
-                raise FloatingPointError(f"non-finite loss {loss_value} at update {step}")
+            if t.nonfinite == "stop" and not math.isfinite(loss_value):
+                raise nonfinite.NonFiniteError(f"non-finite loss {loss_value} at update {step}; the newest "
+                                               "checkpoint holds the last good state")
         if eval_loader is not None and t.eval_every and (step % t.eval_every == 0 or step == t.max_steps):
             metrics["eval/loss"] = evaluate(accelerator, model, loss_fn, eval_loader, eval_steps)
             tracker.log({"step": step, "eval/loss": metrics["eval/loss"]})
-        if not optimizer.step_was_skipped:  # an fp16 overflow skipped the update: the schedule waits too
+        if applied and not optimizer.step_was_skipped:  # a skipped update (fp16 overflow) does not count
             schedule.after_update(step, metrics)
+        skipped += not applied
         if cfg.distributed.sync_check_every and step % cfg.distributed.sync_check_every == 0:
-            check_lr_sync(accelerator, schedule.lrs(), resync, optimizer)
+            check_lr_sync(accelerator, schedule, resync)
 
         if logging:
             elapsed = time.perf_counter() - window_start
@@ -195,16 +207,28 @@ def train(cfg: Config) -> dict[str, Any]:
                    "samples_per_s": window_updates * t.batch_size / elapsed if elapsed > 0 else 0.0}
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)
+            if t.nonfinite == "skip":
+                row["skipped_updates"] = skipped
             tracker.log(row)
             progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{row['lr']:.3g}", refresh=False)
             window_start, window_updates = time.perf_counter(), 0
         progress.update(1)
 
-        if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.max_steps):
+        # a stop request is agreed on at log steps (a collective under DDP), at every update otherwise
+        preempted = (world == 1 or logging) and stop.agreed(accelerator)
+        if preempted or (t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.max_steps)):
+            nonfinite.assert_finite(model)
             checkpoint.save_checkpoint(accelerator, out, step, {
-                "step": step, "schedule": schedule.state_dict(), "wandb_run_id": tracker.run_id,
+                "step": step, "schedule": schedule.state_dict(), "wandb_run_id": tracker.run_id, "skipped": skipped,
             }, t.keep_checkpoints)
+        if preempted:
+            progress.close()
+            tracker.close()
+            accelerator.print(f"stopped by signal {stop.signal or 'on another rank'} after update {step}; "
+                              "checkpoint saved, rerun the same command to resume")
+            return {"step": step, "preempted": True}
     progress.close()
+    stop.restore()
 
     return finish(accelerator, cfg, model, tracker, out)
 
@@ -218,6 +242,7 @@ def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tra
                "param_digest": param_digest(unwrapped), "replica_digests": digests}
     if accelerator.is_main_process:
         if drifted is None:
+            nonfinite.assert_finite(unwrapped)
             state = {k: v.detach().cpu().contiguous() for k, v in unwrapped.state_dict().items()}
             save_file(state, str(out / "model.safetensors"))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
