@@ -23,9 +23,12 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, many_configs: bool = False) -> argparse.ArgumentParser:
     p = _Parser(description=description)
-    p.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
+    if many_configs:
+        p.add_argument("--config", action="append", help="YAML config; repeat to overlay several")
+    else:
+        p.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.max_steps=50")
     return p
 

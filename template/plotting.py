@@ -15,8 +15,10 @@ def plot_lr_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], 
                    title: str = "learning rate per update") -> Path:
     """Overlay several (steps, lrs) curves in one figure with a legend."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, (steps, lrs) in curves.items():
-        ax.plot(steps, lrs, label=label, drawstyle="steps-post")
+    styles = ["-", "--", ":", "-."]
+    for i, (label, (steps, lrs)) in enumerate(curves.items()):
+        # identical curves (the four seed strategies) must stay visible on top of each other
+        ax.plot(steps, lrs, label=label, drawstyle="steps-post", linestyle=styles[i % 4], linewidth=2.5 - 0.4 * (i % 4))
     ax.set_xlabel("update")
     ax.set_ylabel("lr")
     ax.set_title(title)
