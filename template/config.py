@@ -111,6 +111,7 @@ class TrackingConfig:
     name: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    log_grad_norm: bool = False  # log grad_norm even when train.clip_grad_norm is 0 (clipping logs it anyway)
 
 
 @dataclass
@@ -145,7 +146,7 @@ def _schema_keys(node: Any, prefix: str = "") -> list[str]:
     keys: list[str] = []
     if isinstance(node, DictConfig):
         for k in node:
-            full = f"{prefix}.{k}" if prefix else str(k)
+            full = f"{prefix}.{k!s}" if prefix else str(k)
             keys.append(full)
             keys.extend(_schema_keys(node._get_node(k), full))
     return keys

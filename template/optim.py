@@ -74,7 +74,7 @@ class RandomScaledSGD(torch.optim.Optimizer):
             self.generator.set_state(generator_state.cpu() if hasattr(generator_state, "cpu") else generator_state)
 
 
-def _torch_optimizer(cls: type[torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
+def _torch_optimizer(cls: Any) -> Callable[..., torch.optim.Optimizer]:
     def build(params: Iterable[Any], lr: float, weight_decay: float = 0.0, seed: int = 0, **kwargs: Any):
         return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
 

@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TRAIN, clean_env
 
 from template.cli import run
 from template.config import Config, ConfigError, load_config
 from template.trainer import train
+
+from conftest import ROOT, TRAIN, clean_env
 
 SEED = str(ROOT / "configs" / "seed_builtin.yaml")
 

@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, clean_env
 
 from template.config import load_config
 from template.preview import preview_lr_curve
+
+from conftest import ROOT, clean_env
 
 pytestmark = pytest.mark.e2e
 SCRIPT = ROOT / "scripts" / "plot_schedule.py"

@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TRAIN, clean_env, read_metrics, read_summary, run_train, train_rows
 from template.models import MLP, LinearModel
+
+from conftest import ROOT, TRAIN, clean_env, read_metrics, read_summary, run_train, train_rows
 
 pytestmark = pytest.mark.e2e
 SEED = "configs/seed_builtin.yaml"

@@ -77,7 +77,7 @@ class LRSchedule:
         strategy: Any = self.strategy
         if isinstance(strategy, torch.optim.lr_scheduler.LRScheduler):
             if isinstance(strategy, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                strategy.step(metric)
+                strategy.step(metric)  # type: ignore[arg-type]  # needs_metric guarantees a float
             else:
                 strategy.step()
         else:

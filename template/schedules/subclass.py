@@ -31,7 +31,7 @@ class HalvingLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        return [base * self.gamma ** (self.last_epoch // self.every) for base in self.base_lrs]
+        return [float(base) * self.gamma ** (self.last_epoch // self.every) for base in self.base_lrs]
 
 
 @SUBCLASS_SCHEDULERS.register("warmup_cosine")
@@ -56,7 +56,7 @@ class WarmupCosineLR(LRScheduler):
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        return [base * self.multiplier(self.last_epoch) for base in self.base_lrs]
+        return [float(base) * self.multiplier(self.last_epoch) for base in self.base_lrs]
 
 
 @STRATEGIES.register("subclass")
