@@ -190,3 +190,18 @@ def test_unknown_names_suggest_the_closest():
         build_schedule(SchedulerConfig("builtin", "CosineAnealingLR"), make_optimizer(), 10)
     with pytest.raises(ConfigError, match="did you mean 'warmup_cosine'"):
         build_schedule(SchedulerConfig("subclass", "warmup_cosin"), make_optimizer(), 10)
+
+
+def test_manual_strategy_sets_the_first_updates_lr():
+    """A manual warmup must not take a full-lr first step: step(update=0) runs before update 1."""
+    from template.schedules import MANUAL_STRATEGIES, ManualLR
+
+    class Warmup(ManualLR):
+        def step(self, update, epoch, metric):
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                group["lr"] = base * min(1.0, (update + 1) / 4)
+
+    if "test_warmup" not in MANUAL_STRATEGIES:
+        MANUAL_STRATEGIES.add("test_warmup", Warmup)
+    lrs = [row[0] for row in curve(SchedulerConfig("manual", "test_warmup"), 6)]
+    assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])

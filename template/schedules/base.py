@@ -59,6 +59,8 @@ class LRSchedule:
         self.monitor = monitor
         self.needs_metric = needs_metric(strategy)
         self.group_names = [str(g.get("name", i)) for i, g in enumerate(optimizer.param_groups)]
+        if not isinstance(strategy, torch.optim.lr_scheduler.LRScheduler) and not self.needs_metric:
+            strategy.step(update=0, epoch=0, metric=None)  # type: ignore[attr-defined]  # lr of update 1
 
     def lrs(self) -> dict[str, float]:
         """The lr of each param group, by name: what the next update will use."""

@@ -20,7 +20,12 @@ MANUAL_STRATEGIES: Registry[type[ManualLR]] = Registry("manual lr strategy", "sc
 
 
 class ManualLR:
-    """Base class: subclass, implement `step`, register. Every public attribute is saved and restored."""
+    """Base class: subclass, implement `step`, register. Every attribute but the optimizer is checkpointed.
+
+    `step(update=0, ...)` is also called once before the first update (as torch schedulers set their
+    initial lr at construction), so a warmup rule sets update 1's lr; metric-driven strategies are not
+    (there is no metric yet).
+    """
 
     needs_metric = False
 
@@ -52,7 +57,7 @@ class ManualHalvingLR(ManualLR):
         self.gamma = gamma
 
     def step(self, update: int, epoch: int, metric: float | None) -> None:
-        if update % self.every == 0:
+        if update > 0 and update % self.every == 0:
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] * self.gamma
 
