@@ -1,108 +1,317 @@
 """What a run reports: `metrics.jsonl` rows on rank 0 and, when enabled, the same rows in W&B.
 
-W&B goes through Accelerate's tracker API, so only the main process creates a run (one run per
-training, never one per rank). It runs offline, its files under output_dir, unless the user has an
-online login configured; `WANDB_MODE` always wins. With `tracking.wandb=false` wandb is never imported.
+W&B goes through Accelerate's tracker API, and only the main process creates a run: one run per
+training, never one per rank. It runs offline, its files under output_dir, unless the user has an online
+login configured (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a netrc entry for the W&B host);
+`WANDB_MODE` always wins, and `WANDB_PROJECT` / `WANDB_ENTITY` win over `tracking.project` /
+`tracking.entity`. With `tracking.wandb=false` wandb is never imported.
+
+What a dashboard can rely on:
+- every row is logged with `step=` its update number, so W&B's own `_step` is the update counter, and
+  `define_metric` makes `step` the x axis of every chart;
+- the run keeps its id across resumes (the id travels in the checkpoint). A resumed process first
+  re-logs, from metrics.jsonl, the rows up to the checkpoint that this W&B run does not hold yet
+  (`_replay_rows`), then trains on, so each step is logged once and in order:
+  * offline, every process writes its own `offline-run-*` directory and its W&B step starts at 0, so
+    the newest directory holds the whole history 0..N by itself, the updates a killed process ran
+    past its checkpoint with the resumed process's values. Syncing that one directory gives the
+    complete run; merging all of them by `step`, later directory winning, gives the same. (A process
+    killed with SIGKILL leaves only what wandb had flushed, which can be nothing: wandb buffers its
+    file. The replay is what makes that harmless);
+  * online, W&B refuses steps below the last one it holds (it drops them with a warning), so the rows
+    it already holds are not re-sent: past a kill, those updates keep the killed process's rows, whose
+    lr and loss the resumed process reproduces exactly (only samples_per_s differs);
+- the logged and saved config never holds secrets: keys that name one (token, password, api key, ...)
+  and any value of a secret-named environment variable are replaced by `<redacted>`, and so are such
+  values in the command line that wandb records with the run's metadata (wandb does not record the
+  environment itself; see `_wandb_settings`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import netrc
 import os
 import re
+import secrets
+import string
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlparse
 
 from accelerate import Accelerator
+from omegaconf import OmegaConf
 
 from template.config import Config, to_dict
 
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+REDACTED = "<redacted>"
+MIN_SECRET_LEN = 8  # shorter environment values ("1", "true") are not treated as secrets
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+SECRET_WORDS = frozenset({"token", "secret", "secrets", "password", "passwd", "passphrase",
+                          "credential", "credentials", "apikey", "auth", "cookie", "pat"})
+SECRET_PAIRS = frozenset({"apikey", "privatekey", "accesskey", "secretkey", "signingkey", "sessionkey"})
 
 
-def redact(value: Any) -> Any:
-    """Drop secret-looking entries from a config tree before it is logged or saved."""
+# ------------------------------------------------------------------------------------------------
+# Secrets
+# ------------------------------------------------------------------------------------------------
+
+
+def is_secret_name(name: str) -> bool:
+    """`HF_TOKEN`, `wandb_api_key`, `apiKey`, `db_password` yes; `tokenizer`, `max_tokens` no."""
+    words = [w.lower() for w in _WORDS.findall(str(name))]
+    return any(w in SECRET_WORDS for w in words) or any(a + b in SECRET_PAIRS for a, b in itertools.pairwise(words))
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values of secret-named environment variables, longest first (so replacement is greedy)."""
+    env = os.environ if environ is None else environ
+    found = {v for k, v in env.items() if is_secret_name(k) and len(v) >= MIN_SECRET_LEN}
+    return sorted(found, key=len, reverse=True)
+
+
+def _scrub(text: str, values: Sequence[str]) -> str:
+    for value in values:
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def redact(value: Any, values: Sequence[str] | None = None) -> Any:
+    """A copy of a config tree without secrets: secret-named keys and secret values replaced."""
+    values = secret_values() if values is None else values
     if isinstance(value, dict):
-        return {k: ("<redacted>" if SECRET_KEY.search(str(k)) else redact(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
+        return {k: (REDACTED if is_secret_name(k) else redact(v, values)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v, values) for v in value]
+    if isinstance(value, str):
+        return _scrub(value, values)
     return value
+
+
+def redact_argv(argv: Sequence[str], values: Sequence[str] | None = None) -> list[str]:
+    """The command line with secrets replaced: `key=v` / `--key=v` / `--key v` with a secret-named
+    key, and any secret environment value wherever it appears."""
+    values = secret_values() if values is None else values
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        key, eq, _ = arg.partition("=")
+        name = key.lstrip("-").rsplit(".", 1)[-1]
+        if eq and is_secret_name(name):
+            out.append(f"{key}={REDACTED}")
+        elif arg.startswith("--") and not eq and is_secret_name(name):
+            out.append(arg)
+            hide_next = True
+        else:
+            out.append(_scrub(arg, values))
+    return out
+
+
+def safe_config(cfg: Config) -> dict[str, Any]:
+    """The resolved config as logged to W&B and saved to config.yaml: secrets redacted."""
+    return redact(to_dict(cfg))
+
+
+def config_yaml(cfg: Config) -> str:
+    """config.yaml's text: the resolved config, secrets redacted."""
+    return OmegaConf.to_yaml(OmegaConf.create(safe_config(cfg)))
+
+
+@contextlib.contextmanager
+def _redacted_sys_argv() -> Iterator[None]:
+    """wandb reads `sys.argv` into the run's metadata when the run starts: show it a redacted copy."""
+    saved = sys.argv
+    sys.argv = [saved[0], *redact_argv(saved[1:])] if saved else saved
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+# ------------------------------------------------------------------------------------------------
+# W&B settings
+# ------------------------------------------------------------------------------------------------
+
+
+def _wandb_host() -> str:
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    return urlparse(url if "//" in url else f"https://{url}").hostname or "api.wandb.ai"
+
+
+def _netrc_path() -> Path:
+    if os.environ.get("NETRC"):
+        return Path(os.environ["NETRC"]).expanduser()
+    for name in ("~/.netrc", "~/_netrc"):
+        path = Path(name).expanduser()
+        if path.is_file():
+            return path
+    return Path("~/.netrc").expanduser()
+
+
+def login_configured() -> bool:
+    """Whether wandb would find credentials: the environment, or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    path = _netrc_path()
+    if not path.is_file():
+        return False
+    try:
+        return netrc.netrc(str(path)).authenticators(_wandb_host()) is not None
+    except (netrc.NetrcParseError, OSError):
+        return False
 
 
 def wandb_mode() -> str | None:
     """Offline unless a login is configured; None lets WANDB_MODE (or the login) decide."""
     if os.environ.get("WANDB_MODE"):
         return None
-    netrc = Path.home() / ".netrc"
-    logged_in = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
-    return None if logged_in else "offline"
+    return None if login_configured() else "offline"
 
 
 def run_labels(cfg: Config) -> dict[str, Any]:
     """Run name, group and tags from the config, so dashboards can compare strategies side by side."""
     s = cfg.scheduler
     strategy = f"{s.strategy}:{'expression' if s.strategy == 'lambda' and s.expression else s.name}"
-    return {
+    return redact({
         "name": cfg.tracking.name or f"{cfg.optimizer.name}-{strategy}-lr{cfg.optimizer.lr:g}-seed{cfg.seed}",
         "group": cfg.tracking.group or strategy,
         "tags": [*cfg.tracking.tags, f"strategy:{s.strategy}", f"optimizer:{cfg.optimizer.name}"],
-    }
+    })
+
+
+def new_run_id() -> str:
+    """The id of a new run: the sweep agent's (WANDB_RUN_ID) when there is one, else a random one."""
+    alphabet = string.ascii_lowercase + string.digits
+    return os.environ.get("WANDB_RUN_ID") or "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _wandb_settings(wandb: Any) -> Any:
+    """What wandb records besides what we log.
+
+    Measured with wandb 0.31 (offline run files): no environment variables; the command line
+    (`sys.argv`, shown redacted, see `_redacted_sys_argv`), program path, host name, OS, Python,
+    executable, CPU/GPU/memory/disk sizes, the git commit and remote (wandb strips a password from
+    the remote URL), pip requirements, and the console output. Job creation (a W&B Launch feature)
+    would read `sys.argv` again at the end of the run, unredacted: it is turned off.
+    """
+    return wandb.Settings(disable_job_creation=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The tracker
+# ------------------------------------------------------------------------------------------------
+
+
+def _replay_rows(path: Path, first: int, last: int) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows for steps first..last, one per step (rows of a step merged, later wins)."""
+    if last < first or not path.is_file():
+        return []
+    merged: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a kill
+        if first <= step <= last:
+            merged.setdefault(step, {}).update(row)
+    return [merged[s] for s in sorted(merged)]
 
 
 class Tracker:
-    """Rank 0 appends one JSON row per logged update; W&B (optional) receives the same row."""
+    """Rank 0 appends one JSON row per logged update; W&B (optional) receives the same row.
 
-    def __init__(self, accelerator: Accelerator, cfg: Config, run_id: str | None = None) -> None:
+    `start_step` is the update the training resumes after (0 for a fresh one): the W&B run re-logs
+    what it lacks up to there (see the module docstring).
+    """
+
+    def __init__(self, accelerator: Accelerator, cfg: Config, run_id: str | None = None,
+                 start_step: int = 0) -> None:
         self.accelerator = accelerator
         self.enabled = accelerator.is_main_process
         self.wandb = cfg.tracking.wandb
         self.run_id = run_id
+        self.start_step = start_step
+        self.wandb_from = 0  # lowest step the W&B run accepts (0 unless an online resume)
+        self._run: Any = None
         self._file: TextIO | None = None
         if not self.enabled:
             return
         out = Path(cfg.output_dir)
-        self._file = (out / "metrics.jsonl").open("a", encoding="utf-8")
+        metrics = out / "metrics.jsonl"
+        replay = _replay_rows(metrics, 1, start_step) if self.wandb and start_step else []
+        self._file = metrics.open("a", encoding="utf-8")
         if self.wandb:
-            self._start_wandb(cfg, out)
+            self._start_wandb(cfg, out, replay)
 
-    def _start_wandb(self, cfg: Config, out: Path) -> None:
+    def _start_wandb(self, cfg: Config, out: Path, replay: list[dict[str, Any]]) -> None:
         import wandb  # only when enabled
 
         if self.run_id is None:
-            self.run_id = wandb.util.generate_id()
-        init = {"dir": str(out), "id": self.run_id, "resume": "allow", **run_labels(cfg)}
+            self.run_id = new_run_id()
+        init: dict[str, Any] = {"dir": str(out), "id": self.run_id, "resume": "allow",
+                                "settings": _wandb_settings(wandb), **run_labels(cfg)}
         mode = wandb_mode()
         if mode:
             init["mode"] = mode
-        if cfg.tracking.entity:
-            init["entity"] = cfg.tracking.entity
-        self.accelerator.init_trackers(
-            os.environ.get("WANDB_PROJECT", cfg.tracking.project), config=redact(to_dict(cfg)),
-            init_kwargs={"wandb": init},
-        )
-        run = self.accelerator.get_tracker("wandb", unwrap=True)
-        run.define_metric("step")
-        run.define_metric("*", step_metric="step")
+        entity = os.environ.get("WANDB_ENTITY") or cfg.tracking.entity
+        if entity:
+            init["entity"] = entity
+        project = os.environ.get("WANDB_PROJECT") or cfg.tracking.project
+        with _redacted_sys_argv():
+            self.accelerator.init_trackers(project, config=safe_config(cfg), init_kwargs={"wandb": init})
+        self._run = self.accelerator.get_tracker("wandb", unwrap=True)
+        self.run_id = self._run.id  # a sweep agent imposes its own id (wandb ignores ours there)
+        self._run.define_metric("step")
+        self._run.define_metric("*", step_metric="step")
+        # A new or offline run starts at 0; an online resume at the step after the last one W&B holds.
+        self.wandb_from = int(self._run.step or 0)
+        if cfg.train.plots and self.wandb_from == 0:
+            from template.preview import plot_lr_preview
+
+            self.log_images({"lr_preview": plot_lr_preview(cfg, out / "lr_preview.png")}, step=0)
+        for row in replay:
+            self._log_wandb(row)
+
+    def _log_wandb(self, row: dict[str, Any]) -> None:
+        if self._run is not None and row["step"] >= self.wandb_from:
+            self.accelerator.log(row, step=row["step"])
 
     def log(self, row: dict[str, Any]) -> None:
+        """Append `row` (it has `step`) to metrics.jsonl and send it to W&B."""
         if not self.enabled:
             return
         assert self._file is not None
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
-        if self.wandb:
-            self.accelerator.log(row, step=row["step"])
+        self._log_wandb(row)
 
     def log_images(self, images: dict[str, Path], step: int) -> None:
-        if not (self.enabled and self.wandb):
+        """PNG files as W&B images under `plots/<name>`, at update `step` (0: before training)."""
+        if self._run is None or step < self.wandb_from:
             return
         import wandb
 
-        self.accelerator.log({k: wandb.Image(str(p)) for k, p in images.items() if p.exists()}, step=step)
+        row: dict[str, Any] = {f"plots/{k}": wandb.Image(str(p)) for k, p in images.items() if Path(p).exists()}
+        if row:
+            self.accelerator.log({"step": step, **row}, step=step)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self.enabled and self.wandb:
-            self.accelerator.end_training()
+        if self._run is not None:
+            # Not accelerator.end_training(): it also destroys the process group, on this rank only,
+            # while the other ranks still have collectives to run.
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self.accelerator.trackers.clear()
+            self._run = None

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from template import checkpoint, nonfinite
-from template.config import Config, ConfigError, to_yaml
+from template.config import Config, ConfigError
 from template.data import DATASETS, GlobalBatchSampler, make_loader
 from template.distributed import (
     check_lr_sync,
@@ -40,7 +40,7 @@ from template.optim import build_optimizer
 from template.plotting import plot_training_curves
 from template.preemption import StopRequest
 from template.schedules import LRSchedule, build_schedule
-from template.tracking import Tracker
+from template.tracking import Tracker, config_yaml
 
 
 class DriftError(RuntimeError):
@@ -135,9 +135,9 @@ def train(cfg: Config) -> dict[str, Any]:
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
+        (out / "config.yaml").write_text(config_yaml(cfg))  # secrets redacted
     accelerator.wait_for_everyone()
-    tracker = Tracker(accelerator, cfg, run_id)
+    tracker = Tracker(accelerator, cfg, run_id, start)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     pin = device.type == "cuda"
@@ -175,7 +175,10 @@ def train(cfg: Config) -> dict[str, Any]:
                 loss = loss_fn(model(x), y) / t.grad_accum_steps
             accelerator.backward(loss)
             update_loss += loss.detach()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.clip_grad_norm) if t.clip_grad_norm else None
+        want_norm = t.clip_grad_norm or (cfg.tracking.log_grad_norm and (step % t.log_every == 0
+                                                                         or step == t.max_steps))
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.clip_grad_norm or math.inf) \
+            if want_norm else None  # max_norm=inf: the norm only (grads x 1.0)
         applied = t.nonfinite != "skip" or nonfinite.gradients_finite(model, grad_norm)
         if applied:
             optimizer.step()
