@@ -1,0 +1,1026 @@
+#!/usr/bin/env python
+"""Benchmark the template's trainer against hand-written loops, and its side costs.
+
+    python scripts/benchmark.py [--out bench.json] [--threads 1] [--device cpu|cuda] [--repeats 5]
+                                [--sections throughput,optimizer,overhead,sync,wandb,startup] [--quick]
+
+Sections (all by default; `--quick`: few steps, one repeat, small model only, no Lightning, no
+2-process or W&B runs):
+
+- throughput: optimizer updates per second of `template.trainer.train(cfg)` (called in-process on a
+  config from `load_config(configs/default.yaml, overrides)`: no W&B, no progress bar, no checkpoints,
+  no eval, no plots, log_every=10) against, on the same model, data, optimizer (RandomScaledSGD), lr
+  schedule (WarmupCosineLR, stepped after every update), clipping and seed:
+    raw        a hand-written PyTorch loop: index the TensorDataset with a fresh permutation per epoch,
+               forward, backward, clip, step, zero_grad, scheduler.step(), `loss.item()` every 10 updates.
+               It draws its permutations like the trainer's sampler, so it must end with bit-identical
+               parameters (`same_params_as_trainer` checks that the comparison is like for like).
+    accelerate a plain Accelerate loop as the docs show it: Accelerator(cpu=...), prepare(model, optimizer,
+               DataLoader(shuffle=True, drop_last=True), scheduler), accelerator.backward/clip_grad_norm_.
+    lightning  lightning.Trainer on a LightningModule doing the same (when `lightning` is importable:
+               `pip install -e ".[bench]"`; otherwise skipped with a note).
+  for a small MLP (the default config's: in 8, hidden 64, depth 2, batch 64) and a mid-size one
+  (in 256, hidden 1024, depth 4, batch 256).
+
+  How updates/s is measured, the same way for every loop: torch's global optimizer step post-hook
+  (`register_optimizer_step_post_hook`) records `perf_counter()` (and this process's CPU time) after
+  each `optimizer.step()`. The rate is (N - W) / (t[N] - t[W]) over updates W+1..N: setup (imports,
+  Accelerator, model and data construction, process-group start), the first W warm-up updates and
+  everything after the last update (final digests, model.safetensors) are excluded; everything a loop
+  does between updates (data, forward, backward, clipping, logging, lr stepping) is included. N - W is
+  a multiple of 10, so every window holds the same number of log rows. On CUDA the two boundary
+  timestamps synchronize the device first. The hook costs well under a microsecond per update, paid
+  alike by every loop. Each repeat runs every loop once, in rotated order; a ratio is the median over
+  repeats of that repeat's ratio (the loops of one repeat ran back to back, so a slow spell of a
+  shared machine hits both sides). Updates per CPU-second are printed beside as a cross-check: other
+  processes on the machine disturb CPU time far less than wall time.
+
+- optimizer: `RandomScaledSGD.step()` against `torch.optim.SGD(foreach=True)` and the tutorial's
+  per-parameter loop (`param.data = param.data - lr * factor * param.grad`), 100 tensors x 100k params,
+  one step of each in turn; the ratio is the median of the per-round ratios. The same with 1-element
+  tensors gives each optimizer's fixed (Python) cost.
+
+- overhead: where the trainer's per-update time beyond the raw loop goes, one component at a time
+  (each timed alone, the trainer's way minus the raw loop's way, microseconds per update).
+
+- sync (2 processes): the trainer under `accelerate launch --multi_gpu --num_processes 2` (gloo on CPU)
+  with distributed.sync_check_every=1 against 0; the difference is the cost of one `check_lr_sync`,
+  reported as a fraction of the update time at the default cadence (every 100 updates).
+- wandb: the trainer with tracking.wandb=true (WANDB_MODE=offline) against false, both at log_every=1
+  so that every update carries a row (ten times the signal), scaled to the default log_every=10.
+  Both run the trainer in subprocesses through this script's `--worker-out` mode, timed as above.
+- startup: wall time from starting `python scripts/train.py` (max_steps=10) to its first metrics row
+  and to its exit, for the shipped default config (W&B offline, eval, checkpoints, plots) and a lean one;
+  the import time of `template.trainer` alone (timed in a fresh interpreter, and `python -X importtime`
+  for its heaviest imports); and the first `torch.optim.Optimizer` of a process, which imports
+  torch._dynamo (every loop pays it once).
+
+Targets (PASS/FAIL in the table and in the JSON): trainer >= 0.95x raw (small) and >= 0.98x raw (mid),
+faster than plain Accelerate and Lightning on both; RandomScaledSGD.step <= 1.0x SGD(foreach=True);
+lr sync check and W&B logging each <= 2% of the update time at the default cadence.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _requested_device(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--device" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--device="):
+            return arg.split("=", 1)[1]
+    return "cpu"
+
+
+# The trainer takes CUDA whenever torch sees it, so a CPU benchmark must hide the GPUs before torch loads.
+if _requested_device(sys.argv[1:]) == "cpu" and "--worker-out" not in sys.argv:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import importlib.util  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+from dataclasses import asdict, dataclass, replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import torch  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
+
+from template.config import DEFAULT_CONFIG, Config, load_config  # noqa: E402
+
+SECTIONS = ("throughput", "optimizer", "overhead", "sync", "wandb", "startup")
+QUICK_SECTIONS = ("throughput", "optimizer", "overhead", "startup")
+LOG_EVERY = 10  # the trainer's default cadence; every loop reads the loss this often
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    in_features: int
+    hidden: int
+    depth: int
+    batch: int
+    warmup: int  # updates excluded from the timing
+    measured: int  # timed updates (a multiple of LOG_EVERY)
+    data_size: int = 4096
+
+    @property
+    def steps(self) -> int:
+        return self.warmup + self.measured
+
+
+SPECS = {
+    "small": ModelSpec("small", in_features=8, hidden=64, depth=2, batch=64, warmup=50, measured=1500),
+    "mid": ModelSpec("mid", in_features=256, hidden=1024, depth=4, batch=256, warmup=5, measured=40),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# timing helpers
+
+
+class StepClock:
+    """Wall and CPU clocks after every optimizer update, from torch's global optimizer step post-hook.
+
+    The hook sees the innermost optimizer (RandomScaledSGD), whoever wraps it (AcceleratedOptimizer,
+    LightningOptimizer), so every loop is timed at the same point of its update. Wall time
+    (perf_counter) is what the targets use; this process's CPU time (process_time, all its threads) is
+    kept beside it because, on a machine shared with other jobs, it is what interference disturbs least.
+    """
+
+    def __init__(self, warmup: int, total: int, cuda: bool = False) -> None:
+        self.warmup, self.total, self.cuda = warmup, total, cuda
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._handle: Any = None
+
+    def _hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.cuda and len(self.wall) in (self.warmup - 1, self.total - 1):
+            torch.cuda.synchronize()
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def __enter__(self) -> StepClock:
+        self._handle = register_optimizer_step_post_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def rates(self) -> dict[str, float]:
+        """Updates per second of wall time and per CPU-second, over updates warmup+1..total."""
+        if len(self.wall) != self.total:
+            raise RuntimeError(f"expected {self.total} optimizer updates, the hook saw {len(self.wall)}")
+        n = self.total - self.warmup
+        return {"wall": n / (self.wall[-1] - self.wall[self.warmup - 1]),
+                "cpu": n / max(self.cpu[-1] - self.cpu[self.warmup - 1], 1e-9)}
+
+
+def best_per_call_us(trainer_way: Callable[[], object], raw_way: Callable[[], object], calls: int,
+                     repeats: int) -> tuple[float, float]:
+    """Best (min) over interleaved repeats of the mean time per call of each way, in microseconds."""
+    trainer_way(), raw_way()
+    best = [float("inf"), float("inf")]
+    for _ in range(repeats):
+        for i, fn in enumerate((trainer_way, raw_way)):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - start) / calls * 1e6)
+    return best[0], best[1]
+
+
+def summarize(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(threads: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "ACCELERATE_"))}
+    env.update(OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", WANDB_SILENT="true", WANDB_MODE="offline",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------------
+# configs
+
+
+def trainer_overrides(spec: ModelSpec, steps: int, output_dir: Path | str) -> list[str]:
+    """The default config on `spec`'s model and data, stripped of everything but training and logging."""
+    return [
+        f"output_dir={output_dir}", "train.resume=none", f"train.max_steps={steps}", f"train.batch_size={spec.batch}",
+        f"model.kwargs={{in_features: {spec.in_features}, hidden: {spec.hidden}, depth: {spec.depth}}}",
+        f"data.kwargs={{size: {spec.data_size}, eval_size: 512, in_features: {spec.in_features}}}",
+        "tracking.wandb=false", "train.progress=false", "train.checkpoint_every=0", "train.eval_every=0",
+        "train.plots=false", f"train.log_every={LOG_EVERY}",
+    ]
+
+
+def bench_config(spec: ModelSpec, steps: int, output_dir: Path | str, extra: list[str] | None = None) -> Config:
+    cfg = load_config(DEFAULT_CONFIG, [*trainer_overrides(spec, steps, output_dir), *(extra or [])])
+    s = cfg.scheduler
+    if (s.strategy, s.name, cfg.optimizer.name, cfg.loss.name) != (
+            "subclass", "warmup_cosine", "random_scaled_sgd", "simple_mse"):
+        raise SystemExit(f"error: the hand-written loops assume the default config's parts, got {cfg}")
+    return cfg
+
+
+def build_common(cfg: Config, device: torch.device) -> tuple[Any, ...]:
+    """Model, loss, optimizer, scheduler and data the way the trainer builds them, by hand."""
+    from template.data import synthetic_regression
+    from template.losses import SimpleMSELoss
+    from template.models import MLP
+    from template.optim import RandomScaledSGD
+    from template.schedules.subclass import WarmupCosineLR
+
+    torch.manual_seed(cfg.seed)  # what the trainer's set_seed does for torch, before building the model
+    model = MLP(**cfg.model.kwargs).to(device)
+    loss_fn = SimpleMSELoss()
+    optimizer = RandomScaledSGD(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
+                                seed=cfg.seed)
+    scheduler = WarmupCosineLR(optimizer, **cfg.scheduler.kwargs)
+    train_set, _ = synthetic_regression(cfg.seed, **cfg.data.kwargs)
+    return model, loss_fn, optimizer, scheduler, train_set
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. the training loops
+
+
+def run_raw(cfg: Config, device: torch.device) -> dict[str, Any]:
+    from template.distributed import param_digest
+
+    model, loss_fn, optimizer, scheduler, train_set = build_common(cfg, device)
+    x_all, y_all = train_set.tensors
+    batch, steps, clip = cfg.train.batch_size, cfg.train.max_steps, cfg.train.clip_grad_norm
+    per_epoch = len(x_all) // batch
+    params = list(model.parameters())
+    model.train()
+    step = 0
+    for epoch in itertools.count():
+        # The trainer's sampler draws epoch e's order from seed*100_003+e: the same order makes the
+        # two runs bit-comparable (same_params_as_trainer).
+        order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        for u in range(per_epoch):
+            idx = order[u * batch:(u + 1) * batch]
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            if step % LOG_EVERY == 0:
+                _ = loss.item(), grad_norm.item()
+            if step == steps:
+                return {"param_digest": param_digest(model)}
+    raise AssertionError("unreachable")
+
+
+def run_trainer(cfg: Config, device: torch.device) -> dict[str, Any]:
+    from template.trainer import train
+
+    summary = train(cfg)
+    return {"param_digest": summary["param_digest"]}
+
+
+def run_accelerate(cfg: Config, device: torch.device) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    model, loss_fn, optimizer, scheduler, train_set = build_common(cfg, torch.device("cpu"))
+    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model.train()
+    step, steps = 0, cfg.train.max_steps
+    while step < steps:
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            if step % LOG_EVERY == 0:
+                _ = loss.item(), grad_norm.item()
+            if step == steps:
+                break
+    return {}
+
+
+def lightning_available() -> bool:
+    return importlib.util.find_spec("lightning") is not None
+
+
+def run_lightning(cfg: Config, device: torch.device) -> dict[str, Any]:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    model, loss_fn, optimizer, scheduler, train_set = build_common(cfg, torch.device("cpu"))
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.loss_fn = model, loss_fn
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = self.loss_fn(self.model(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=cfg.train.max_steps,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        gradient_clip_val=cfg.train.clip_grad_norm, log_every_n_steps=LOG_EVERY, num_sanity_val_steps=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Module(), DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True))
+    return {}
+
+
+LOOPS: dict[str, Callable[[Config, torch.device], dict[str, Any]]] = {
+    "raw": run_raw, "trainer": run_trainer, "accelerate": run_accelerate, "lightning": run_lightning,
+}
+
+
+def timed_run(loop: str, spec: ModelSpec, cfg: Config, device: torch.device,
+              threads: int) -> tuple[dict[str, float], dict[str, Any]]:
+    torch.set_num_threads(threads)
+    gc.collect()
+    with StepClock(spec.warmup, cfg.train.max_steps, cuda=device.type == "cuda") as clock:
+        info = LOOPS[loop](cfg, device)
+    if torch.get_num_threads() != threads:
+        info["threads_changed_to"] = torch.get_num_threads()
+    return clock.rates(), info
+
+
+def compare(runs: dict[str, list[dict[str, float]]], base: str) -> dict[str, Any]:
+    """Medians per variant and clock, and `base`'s ratio to each other variant.
+
+    `ratios` (what the targets use) is the median over repeats of the per-repeat ratio: the variants of
+    one repeat ran back to back, so a slow spell on a shared machine hits both sides of a ratio.
+    """
+    out: dict[str, Any] = {"updates_per_s": {}, "cpu_updates_per_s": {}, "ratios": {}, "cpu_ratios": {},
+                           "ratio_of_medians": {}, "paired_ratios": {}}
+    for label, rs in runs.items():
+        out["updates_per_s"][label] = summarize([r["wall"] for r in rs])
+        out["cpu_updates_per_s"][label] = summarize([r["cpu"] for r in rs])
+    for label, rs in runs.items():
+        if label == base:
+            continue
+        key = f"{base}_vs_{label}"
+        out["ratios"][key] = statistics.median(b["wall"] / r["wall"] for b, r in zip(runs[base], rs, strict=True))
+        out["cpu_ratios"][key] = statistics.median(b["cpu"] / r["cpu"] for b, r in zip(runs[base], rs, strict=True))
+        out["ratio_of_medians"][key] = (out["updates_per_s"][base]["median"] / out["updates_per_s"][label]["median"])
+        out["paired_ratios"][key] = [b["wall"] / r["wall"] for b, r in zip(runs[base], rs, strict=True)]
+    out["update_time_us"] = {label: 1e6 / v["median"] for label, v in out["updates_per_s"].items()}
+    out["cpu_time_us"] = {label: 1e6 / v["median"] for label, v in out["cpu_updates_per_s"].items()}
+    return out
+
+
+def section_throughput(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
+    loops = ["raw", "trainer", "accelerate"]
+    notes = []
+    if args.lightning and lightning_available():
+        loops.append("lightning")
+    elif args.lightning:
+        notes.append("lightning not installed (pip install -e '.[bench]'): Lightning loop skipped")
+    else:
+        notes.append("Lightning loop skipped (--quick / --no-lightning)")
+    result: dict[str, Any] = {"loops": loops, "notes": notes, "models": {}}
+    for spec in args.specs:
+        runs: dict[str, list[dict[str, float]]] = {loop: [] for loop in loops}
+        same_params: list[bool] = []
+        for r in range(args.repeats):
+            order = loops[r % len(loops):] + loops[:r % len(loops)]
+            digests = {}
+            for loop in order:
+                cfg = bench_config(spec, spec.steps, workdir / f"{spec.name}-{loop}-{r}")
+                rates, info = timed_run(loop, spec, cfg, device, args.threads)
+                runs[loop].append(rates)
+                digests[loop] = info.get("param_digest")
+                if "threads_changed_to" in info:
+                    notes.append(f"{loop} changed torch threads to {info['threads_changed_to']}")
+                print(f"  {spec.name:5s} repeat {r + 1}/{args.repeats} {loop:10s} {rates['wall']:10.1f} updates/s "
+                      f"({rates['cpu']:.1f} per CPU-s)", flush=True)
+            same_params.append(digests["raw"] == digests["trainer"])
+        result["models"][spec.name] = {"spec": asdict(spec), **compare(runs, "trainer"),
+                                       "same_params_as_trainer": all(same_params)}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. optimizer step
+
+
+class TutorialRandomSGD(torch.optim.Optimizer):
+    """The tutorial's MyOptimizer, with its random factor actually drawn: one new tensor per parameter."""
+
+    def __init__(self, params: Any, lr: float) -> None:
+        self.lr = lr
+        super().__init__(params, {})
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        random_num = random.random()
+        for param_group in self.param_groups:
+            for param in param_group["params"]:
+                param.data = param.data - self.lr * random_num * param.grad
+
+
+def section_optimizer(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """One `step()` of each optimizer, 100 tensors x 100k params (and x 1 param: the fixed Python cost).
+
+    The three in-place optimizers share one set of parameters and gradients (no memory-placement
+    difference between them; lr 1e-3 keeps the values tame); the tutorial's, which replaces every
+    `param.data`, gets its own copy. Steps are taken one at a time in a random order per round, so a
+    slow spell of the machine hits every optimizer alike; the median and the best step are reported.
+    """
+    from template.optim import RandomScaledSGD
+
+    torch.set_num_threads(args.threads)
+    makers: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
+        "random_scaled_sgd": lambda ps: RandomScaledSGD(ps, lr=1e-3, seed=0),
+        "sgd_foreach": lambda ps: torch.optim.SGD(ps, lr=1e-3, foreach=True),
+        "sgd_for_loop": lambda ps: torch.optim.SGD(ps, lr=1e-3, foreach=False),
+        "tutorial_per_param": lambda ps: TutorialRandomSGD(ps, lr=1e-3),
+    }
+
+    def tensors(n: int, numel: int, g: torch.Generator) -> list[torch.Tensor]:
+        params = [torch.randn(numel, generator=g).to(device).requires_grad_() for _ in range(n)]
+        for p in params:
+            p.grad = torch.randn(numel, generator=g).to(device) * 1e-3
+        return params
+
+    def timed_step(opt: torch.optim.Optimizer) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1e3
+
+    def measure(n: int, numel: int, rounds: int) -> dict[str, list[float]]:
+        g = torch.Generator().manual_seed(0)
+        shared, own = tensors(n, numel, g), tensors(n, numel, g)
+        optimizers = {name: make(own if name == "tutorial_per_param" else shared) for name, make in makers.items()}
+        for opt in optimizers.values():  # warm-up
+            timed_step(opt)
+        samples: dict[str, list[float]] = {name: [] for name in optimizers}
+        # The in-place three in a fresh random order each round; the tutorial's (which allocates a new
+        # tensor per parameter, and would slow whichever step follows it) in rounds of its own.
+        in_place = [name for name in optimizers if name != "tutorial_per_param"]
+        order = random.Random(0)
+        for _ in range(rounds):
+            order.shuffle(in_place)
+            for name in in_place:
+                samples[name].append(timed_step(optimizers[name]))
+        for _ in range(rounds):
+            samples["tutorial_per_param"].append(timed_step(optimizers["tutorial_per_param"]))
+        return samples
+
+    n_tensors, numel = 100, 100_000
+    samples = measure(n_tensors, numel, (5 if args.quick else 40) * args.repeats)
+    fixed = measure(n_tensors, 1, (20 if args.quick else 200) * args.repeats)
+    ms = {name: statistics.median(v) for name, v in samples.items()}
+    best = {name: min(v) for name, v in samples.items()}
+    fixed_us = {name: statistics.median(v) * 1e3 for name, v in fixed.items()}
+
+    def paired(a: str, b: str) -> float:  # median over rounds of a/b, the two steps of one round side by side
+        return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+
+    return {
+        "tensors": n_tensors, "numel_per_tensor": numel, "steps_per_optimizer": len(samples["sgd_foreach"]),
+        "step_ms": ms, "best_step_ms": best, "fixed_cost_us_1_param_tensors": fixed_us,
+        "ratios": {"random_scaled_sgd_vs_sgd_foreach": paired("random_scaled_sgd", "sgd_foreach"),
+                   "tutorial_per_param_vs_random_scaled_sgd": paired("tutorial_per_param", "random_scaled_sgd")},
+        "ratio_of_medians": {"random_scaled_sgd_vs_sgd_foreach": ms["random_scaled_sgd"] / ms["sgd_foreach"]},
+        "best_ratios": {"random_scaled_sgd_vs_sgd_foreach": best["random_scaled_sgd"] / best["sgd_foreach"]},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. where the trainer's overhead goes (small model, in-process, one component at a time)
+
+
+def section_overhead(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
+    """Each row: one part of an update done the trainer's way minus the raw loop's way (µs per update).
+
+    The parts are the trainer's own objects (its Accelerator, prepared model and optimizer, data loader,
+    LRSchedule, Tracker), each timed alone in a tight loop; best of several repeats (timeit's convention:
+    interference from other processes only ever adds time). The `detail` rows name what inside a wrapper
+    costs the time and are not added to the sum.
+    """
+    from tqdm.auto import tqdm
+
+    from template.data import GlobalBatchSampler, make_loader
+    from template.distributed import make_accelerator
+    from template.schedules.subclass import WarmupCosineLR
+    from template.tracking import Tracker
+    from template.trainer import build_parts
+
+    torch.set_num_threads(args.threads)
+    spec = args.specs[0]
+    cfg = bench_config(spec, 10**6, workdir / "overhead")
+    t = cfg.train
+    accelerator = make_accelerator(t.mixed_precision)
+    parts = build_parts(cfg, accelerator.num_processes)
+    model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
+    inner = optimizer.optimizer
+    loss_fn = parts.loss_fn.to(device)
+    params = list(model.parameters())
+    calls, repeats = (100, 3) if args.quick else (1000, 9)
+
+    x_all, y_all = parts.train_set.tensors  # type: ignore[attr-defined]
+    sampler = GlobalBatchSampler(len(x_all), t.batch_size, t.grad_accum_steps, 1, 0, cfg.seed)
+    batches = iter(make_loader(parts.train_set, sampler, cfg.data.num_workers, False))
+
+    def raw_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for epoch in itertools.count():
+            order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(epoch))
+            for u in range(len(x_all) // t.batch_size):
+                idx = order[u * t.batch_size:(u + 1) * t.batch_size]
+                yield x_all[idx], y_all[idx]
+
+    raw_iter = raw_batches()
+    x, y = next(batches)
+    loss_fn(model(x.to(device)), y.to(device)).backward()  # gradients for clipping and the optimizer step
+
+    def contexts() -> None:
+        with nullcontext(), accelerator.autocast():
+            pass
+
+    def divided_backward() -> None:  # the trainer's `/ grad_accum_steps`, then accelerator.backward's own
+        leaf = torch.ones((), requires_grad=True)
+        accelerator.backward(leaf * 1.0 / t.grad_accum_steps)
+
+    def plain_backward() -> None:
+        leaf = torch.ones((), requires_grad=True)
+        (leaf * 1.0).backward()
+
+    schedule = parts.schedule
+    scheduler_raw = WarmupCosineLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
+                                   **cfg.scheduler.kwargs)
+    counter = itertools.count(1)
+    loss_t, grad_norm = torch.tensor(0.5), torch.tensor(0.3)
+
+    def loss_accumulate() -> None:
+        acc = torch.zeros((), device=device)
+        acc += loss_t.detach()
+
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(accelerator, cfg)
+    progress = tqdm(total=10, disable=True)
+
+    def log_row() -> None:  # what the trainer does once per log_every updates, W&B off
+        loss_value = accelerator.reduce(loss_t, "mean").item()
+        lrs = schedule.lrs()
+        row = {"step": 10, "lr": next(iter(lrs.values())), **{f"lr/{k}": v for k, v in lrs.items()},
+               "loss": loss_value, "epoch": 0.1, "samples_per_s": 1.0, "grad_norm": float(grad_norm)}
+        tracker.log(row)
+        progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{row['lr']:.3g}", refresh=False)
+
+    def raw_log() -> None:
+        _ = loss_t.item(), grad_norm.item()
+
+    rows: list[dict[str, Any]] = []
+    warnings.filterwarnings("ignore", message=r".*lr_scheduler\.step\(\)", category=UserWarning)
+
+    def add(component: str, trainer_way: Callable[[], object], raw_way: Callable[[], object],
+            per_update: float = 1.0, detail: bool = False) -> None:
+        tr, rw = best_per_call_us(trainer_way, raw_way, calls, repeats)
+        rows.append({"component": component, "trainer_us": tr * per_update, "raw_us": rw * per_update,
+                     "delta_us_per_update": (tr - rw) * per_update, "detail": detail})
+
+    def nothing() -> None:
+        pass
+
+    add("data: next(DataLoader(GlobalBatchSampler)) vs tensor[perm slice]", lambda: next(batches),
+        lambda: next(raw_iter))
+    idx = torch.randperm(len(x_all))[:t.batch_size]
+    idx_list = idx.tolist()
+    add("  detail: TensorDataset[list] (a list->tensor conversion per tensor)",
+        lambda: parts.train_set[idx_list], lambda: (x_all[idx], y_all[idx]), detail=True)
+    add("nullcontext() + accelerator.autocast() enter/exit", contexts, nothing)
+    add("loss / grad_accum_steps + accelerator.backward's / 1", divided_backward, plain_backward)
+    add("accelerator.clip_grad_norm_(model.parameters()) vs clip_grad_norm_(list)",
+        lambda: accelerator.clip_grad_norm_(model.parameters(), 1e9),
+        lambda: torch.nn.utils.clip_grad_norm_(params, 1e9))
+    add("AcceleratedOptimizer.step vs RandomScaledSGD.step", optimizer.step, inner.step)
+    add("  detail: 2x is_lomo_available() (importlib find_spec)", lambda: (_lomo(), _lomo()), nothing, detail=True)
+    add("AcceleratedOptimizer.zero_grad vs RandomScaledSGD.zero_grad",
+        lambda: optimizer.zero_grad(set_to_none=True), lambda: inner.zero_grad(set_to_none=True))
+    add("  detail: inspect.signature(optimizer.zero_grad)", lambda: _signature(inner.zero_grad), nothing, detail=True)
+    add("optimizer.step_was_skipped", lambda: optimizer.step_was_skipped, nothing)
+    add("schedule.lrs() dict", schedule.lrs, nothing)
+    add("schedule.after_update vs scheduler.step", lambda: schedule.after_update(next(counter), {}),
+        scheduler_raw.step)
+    add("update_loss = zeros(()); += loss.detach()", loss_accumulate, nothing)
+    add("tqdm(disable=True).update(1)", lambda: progress.update(1), nothing)
+    add(f"log row / {LOG_EVERY} (reduce+item, metrics.jsonl write+flush, postfix)", log_row, raw_log,
+        per_update=1 / LOG_EVERY)
+    tracker.close()
+    total = sum(r["delta_us_per_update"] for r in rows if not r["detail"])
+    return {"model": spec.name, "rows": rows, "sum_delta_us_per_update": total}
+
+
+def _lomo() -> bool:
+    from accelerate.utils import is_lomo_available
+
+    return is_lomo_available()
+
+
+def _signature(fn: Callable[..., object]) -> object:
+    import inspect
+
+    return inspect.signature(fn)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. subprocess runs: 2-process lr sync check, W&B logging, startup
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """`--worker-out FILE`: run the trainer with the step clock (under a launcher or not); rank 0 writes FILE."""
+    from template.trainer import train
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(DEFAULT_CONFIG, args.override)
+    clock = StepClock(args.worker_warmup, cfg.train.max_steps, cuda=torch.cuda.is_available())
+    with clock:
+        summary = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(args.worker_out).write_text(json.dumps({
+            "rates": clock.rates(), "world_size": summary["world_size"],
+            "threads": torch.get_num_threads(),
+        }))
+
+
+def worker_run(args: argparse.Namespace, spec: ModelSpec, out_dir: Path, extra: list[str], nproc: int,
+               env: dict[str, str]) -> dict[str, Any]:
+    result = out_dir.with_suffix(".json")
+    worker = [str(Path(__file__).resolve()), "--worker-out", str(result), "--worker-warmup", str(spec.warmup),
+              "--threads", str(args.threads),
+              *[f"--override={o}" for o in (*trainer_overrides(spec, spec.steps, out_dir), *extra)]]
+    if nproc == 1:
+        cmd = [sys.executable, *worker]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", str(nproc),
+               "--main_process_port", str(free_port()), *worker]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return json.loads(result.read_text())
+
+
+def ab_runs(args: argparse.Namespace, spec: ModelSpec, workdir: Path, name: str, variants: dict[str, list[str]],
+            nproc: int, env: dict[str, str]) -> dict[str, list[dict[str, float]]]:
+    runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    for r in range(args.repeats):
+        for label, extra in (list(variants.items()) if r % 2 == 0 else list(variants.items())[::-1]):
+            info = worker_run(args, spec, workdir / f"{name}-{label}-{r}", extra, nproc, env)
+            if info["world_size"] != nproc:
+                raise RuntimeError(f"{name}: expected world size {nproc}, got {info['world_size']}")
+            runs[label].append(info["rates"])
+            print(f"  {name:5s} repeat {r + 1}/{args.repeats} {label:12s} {info['rates']['wall']:10.1f} updates/s "
+                  f"({info['rates']['cpu']:.1f} per CPU-s)", flush=True)
+    return runs
+
+
+def extra_cost(runs: dict[str, list[dict[str, float]]], on: str, off: str) -> dict[str, Any]:
+    """Per-update cost of `on` over `off`: median over repeats of the paired difference of update times."""
+    result = compare(runs, on)
+    for clock, key in (("wall", "cost_us_per_update"), ("cpu", "cpu_cost_us_per_update")):
+        result[key] = statistics.median(1e6 / a[clock] - 1e6 / b[clock] for a, b in zip(runs[on], runs[off],
+                                                                                          strict=True))
+    result["base_update_time_us"] = result["update_time_us"][off]
+    return result
+
+
+def section_sync(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
+    spec = replace(SPECS["small"], warmup=50, measured=2000) if not args.quick else args.specs[0]
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    backend = "nccl" if gpus >= 2 else "gloo"
+    env = child_env(args.threads, **({} if gpus >= 2 else {"CUDA_VISIBLE_DEVICES": ""}))
+    runs = ab_runs(args, spec, workdir, "sync", {"every_1": ["distributed.sync_check_every=1"],
+                                                 "every_0": ["distributed.sync_check_every=0"]}, 2, env)
+    cost = extra_cost(runs, "every_1", "every_0")
+    per_check, base = cost["cost_us_per_update"], cost["base_update_time_us"]
+    return {"model": spec.name, "processes": 2, "backend": backend, **cost, "check_cost_us": per_check,
+            "fraction_at_every_100": per_check / 100 / base, "fraction_at_every_1": per_check / base}
+
+
+def section_wandb(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
+    spec = replace(SPECS["small"], warmup=50, measured=2000) if not args.quick else args.specs[0]
+    env = child_env(args.threads, WANDB_MODE="offline",
+                    **({"CUDA_VISIBLE_DEVICES": ""} if device.type == "cpu" else {}))
+    # Both sides log every update, so each update carries one W&B row: ten times the signal of the default
+    # cadence, scaled back to it below (a row every 10 updates costs a tenth per update).
+    every = ["train.log_every=1"]
+    runs = ab_runs(args, spec, workdir, "wandb", {"wandb_true": ["tracking.wandb=true", *every],
+                                                  "wandb_false": ["tracking.wandb=false", *every]}, 1, env)
+    cost = extra_cost(runs, "wandb_true", "wandb_false")
+    per_row, base = cost["cost_us_per_update"], cost["base_update_time_us"]
+    return {"model": spec.name, "measured_at_log_every": 1, "log_every": LOG_EVERY, **cost,
+            "cost_us_per_logged_row": per_row, "fraction_at_log_every_1": per_row / base,
+            "fraction_at_log_every_10": per_row / LOG_EVERY / base}
+
+
+def import_profile(env: dict[str, str]) -> dict[str, Any]:
+    """`python -X importtime -c 'import template.trainer'`: its total and its heaviest imports."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import template.trainer"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    entries = []  # (depth, name, cumulative µs), children listed before their parent
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)$", line)
+        if m:
+            entries.append(((len(m.group(3)) - 1) // 2, m.group(4), int(m.group(2))))
+    depth, trainer = next((d, c) for d, n, c in entries if n == "template.trainer")
+    named = {"torch", "accelerate", "matplotlib.pyplot", "omegaconf", "numpy", "tqdm.auto", "safetensors.torch",
+             "wandb", "yaml"}
+    heavy = {n: c / 1e6 for d, n, c in entries if n in named or (n.startswith("template.") and d == depth + 1)}
+    top = dict(sorted(heavy.items(), key=lambda kv: -kv[1])[:8])
+    return {"import_template_trainer_s": trainer / 1e6, "all_imports_s": sum(c for d, _, c in entries if d == 0) / 1e6,
+            "heaviest_s": top}
+
+
+def first_optimizer_s(env: dict[str, str]) -> float:
+    """The first torch.optim.Optimizer of a process imports torch._dynamo (any loop pays it once)."""
+    code = ("import time, torch; t0 = time.perf_counter(); torch.optim.SGD([torch.zeros(1, requires_grad=True)], "
+            "lr=0.1); print(time.perf_counter() - t0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def timed_import(env: dict[str, str]) -> dict[str, float]:
+    code = ("import time; t0 = time.perf_counter(); import template.trainer; "
+            "print(time.perf_counter() - t0)")
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=True)
+    wall = time.perf_counter() - started
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], cwd=ROOT, env=env, check=True, timeout=60)
+    return {"import_s": float(proc.stdout.strip().splitlines()[-1]), "process_wall_s": wall,
+            "bare_python_s": time.perf_counter() - started}
+
+
+def time_train_command(args: list[str], env: dict[str, str], out: Path) -> dict[str, float]:
+    """Wall time from spawning `python scripts/train.py ...` to its first metrics row, and to its exit."""
+    metrics = out / "metrics.jsonl"
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), f"output_dir={out}", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first_row = None
+    while proc.poll() is None:
+        if first_row is None and metrics.is_file() and metrics.stat().st_size > 0:
+            first_row = time.perf_counter() - started
+        time.sleep(0.002)
+    exited = time.perf_counter() - started
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"train.py exited {proc.returncode}: {stderr[-3000:]}")
+    return {"first_row_s": first_row if first_row is not None else exited, "exit_s": exited}
+
+
+def section_startup(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
+    env = child_env(args.threads, **({"CUDA_VISIBLE_DEVICES": ""} if device.type == "cpu" else {}))
+    tiny = ["train.max_steps=10", "scheduler.kwargs.warmup_steps=2", "train.resume=none"]
+    variants = {"lean": [*tiny, "tracking.wandb=false", "train.plots=false", "train.checkpoint_every=0",
+                         "train.eval_every=0", "train.progress=false"]}
+    if not args.quick:
+        variants["default_config"] = tiny  # as shipped: W&B offline, eval, checkpoint, plots, progress bar
+    result: dict[str, Any] = {"max_steps": 10, "commands": {}}
+    for label, extra in variants.items():
+        runs = [time_train_command(extra, env, workdir / f"startup-{label}-{r}") for r in range(args.repeats)]
+        result["commands"][label] = {k: statistics.median(r[k] for r in runs) for k in ("first_row_s", "exit_s")}
+        result["commands"][label]["overrides"] = extra
+    imports = [timed_import(env) for _ in range(args.repeats)]
+    result["import"] = {k: statistics.median(i[k] for i in imports) for k in imports[0]}
+    result["import"]["first_torch_optimizer_s"] = statistics.median(first_optimizer_s(env) for _ in range(args.repeats))
+    result["import"].update(import_profile(env))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# report
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float, op: str, bound: float, other: float, other_name: str) -> None:
+        ok = value >= bound if op == ">=" else value <= bound
+        checks.append({"target": name, "value": value, "bound": f"{op} {bound:g}", "pass": ok,
+                       "cross_check": other, "cross_check_is": other_name})
+
+    for name, model in results.get("throughput", {}).get("models", {}).items():
+        r, c = model["ratios"], model["cpu_ratios"]
+        for loop, bound in (("raw", 0.95 if name == "small" else 0.98), ("accelerate", 1.0), ("lightning", 1.0)):
+            key = f"trainer_vs_{loop}"
+            if key in r:
+                check(f"{name}: trainer / {loop} updates/s", r[key], ">=", bound, c[key], "per CPU-second")
+    if "optimizer" in results:
+        o = results["optimizer"]
+        check("RandomScaledSGD.step / SGD(foreach) step time", o["ratios"]["random_scaled_sgd_vs_sgd_foreach"],
+              "<=", 1.0, o["best_ratios"]["random_scaled_sgd_vs_sgd_foreach"], "best of steps")
+    if "sync" in results:
+        s = results["sync"]
+        check("lr sync check / update time (every 100)", s["fraction_at_every_100"], "<=", 0.02,
+              s["cpu_cost_us_per_update"] / 100 / s["cpu_time_us"]["every_0"], "CPU time")
+    if "wandb" in results:
+        w = results["wandb"]
+        check("W&B logging / update time (log_every 10)", w["fraction_at_log_every_10"], "<=", 0.02,
+              w["cpu_cost_us_per_update"] / LOG_EVERY / w["cpu_time_us"]["wandb_false"], "CPU time, this process only")
+    return checks
+
+
+def print_report(results: dict[str, Any]) -> None:
+    meta = results["meta"]
+    print(f"\n== benchmark: {meta['device']} ({meta['cpu']}, {meta['cpu_count']} cores), torch {meta['torch']}, "
+          f"{meta['threads']} thread(s), median of {meta['repeats']} repeat(s); load average "
+          f"{meta['loadavg_start'][0]:.1f} at start, {meta['loadavg_end'][0]:.1f} at end")
+    if "throughput" in results:
+        tp = results["throughput"]
+        for name, model in tp["models"].items():
+            s = model["spec"]
+            print(f"\n-- throughput, {name} MLP (in {s['in_features']}, hidden {s['hidden']}, depth {s['depth']}, "
+                  f"batch {s['batch']}; {s['measured']} timed updates after {s['warmup']} warm-up)")
+            print(f"{'loop':12s} {'updates/s':>10s} {'min':>9s} {'max':>9s} {'us/update':>10s} {'trainer is':>10s}"
+                  f" {'(per repeat)':>15s} {'per CPU-s':>10s} {'trainer is':>10s}")
+            for loop, v in model["updates_per_s"].items():
+                key = f"trainer_vs_{loop}"
+                ratio = cpu_ratio = spread = ""
+                if loop != "trainer":
+                    ratio, cpu_ratio = f"{model['ratios'][key]:.3f}x", f"{model['cpu_ratios'][key]:.3f}x"
+                    spread = f"{min(model['paired_ratios'][key]):.2f}-{max(model['paired_ratios'][key]):.2f}"
+                print(f"{loop:12s} {v['median']:10.1f} {v['min']:9.1f} {v['max']:9.1f} "
+                      f"{model['update_time_us'][loop]:10.1f} {ratio:>10s} {spread:>15s} "
+                      f"{model['cpu_updates_per_s'][loop]['median']:10.1f} {cpu_ratio:>10s}")
+            print(f"raw loop ends with the trainer's exact parameters: {model['same_params_as_trainer']}")
+        for note in tp["notes"]:
+            print(f"note: {note}")
+    if "optimizer" in results:
+        o = results["optimizer"]
+        print(f"\n-- optimizer step, {o['tensors']} tensors x {o['numel_per_tensor']} params")
+        base, best_base = o["step_ms"]["sgd_foreach"], o["best_step_ms"]["sgd_foreach"]
+        print(f"{'optimizer':22s} {'median':>9s} {'vs SGD foreach':>14s} {'best':>9s} {'vs':>7s} "
+              f"{'fixed cost (100 x 1 param)':>27s}")
+        for name, ms in o["step_ms"].items():
+            best = o["best_step_ms"][name]
+            print(f"{name:22s} {ms:6.3f} ms {ms / base:13.3f}x {best:6.3f} ms {best / best_base:6.3f}x "
+                  f"{o['fixed_cost_us_1_param_tensors'][name]:24.1f} us")
+        print(f"RandomScaledSGD / SGD(foreach), median of per-round ratios: "
+              f"{o['ratios']['random_scaled_sgd_vs_sgd_foreach']:.4f}")
+    if "overhead" in results:
+        ov = results["overhead"]
+        print(f"\n-- trainer overhead per update vs raw loop, {ov['model']} MLP, components timed alone (us)")
+        print(f"{'component':64s} {'trainer':>9s} {'raw':>9s} {'delta':>9s}")
+        for row in ov["rows"]:
+            print(f"{row['component'][:64]:64s} {row['trainer_us']:9.2f} {row['raw_us']:9.2f} "
+                  f"{row['delta_us_per_update']:9.2f}")
+        print(f"{'sum of the component deltas (detail rows excluded)':64s} {'':9s} {'':9s} "
+              f"{ov['sum_delta_us_per_update']:9.2f}")
+        small = results.get("throughput", {}).get("models", {}).get(ov["model"])
+        if small:
+            wall = small["update_time_us"]["trainer"] - small["update_time_us"]["raw"]
+            cpu = small["cpu_time_us"]["trainer"] - small["cpu_time_us"]["raw"]
+            print(f"{'measured trainer - raw in the throughput section: wall / CPU':64s} {'':9s} {wall:9.2f} "
+                  f"{cpu:9.2f}")
+    if "sync" in results:
+        s = results["sync"]
+        print(f"\n-- lr sync check, {s['processes']} processes ({s['backend']}), {s['model']} MLP")
+        print(f"updates/s every=1 {s['updates_per_s']['every_1']['median']:.1f}, every=0 "
+              f"{s['updates_per_s']['every_0']['median']:.1f}; one check {s['check_cost_us']:.1f} us "
+              f"(CPU {s['cpu_cost_us_per_update']:.1f} us) = {100 * s['fraction_at_every_1']:.2f}% of an update "
+              f"({s['base_update_time_us']:.1f} us); at every=100: {100 * s['fraction_at_every_100']:.3f}%")
+    if "wandb" in results:
+        w = results["wandb"]
+        print(f"\n-- W&B offline logging, {w['model']} MLP, measured at log_every=1, scaled to {w['log_every']}")
+        print(f"updates/s wandb=true {w['updates_per_s']['wandb_true']['median']:.1f}, false "
+              f"{w['updates_per_s']['wandb_false']['median']:.1f}; {w['cost_us_per_logged_row']:.1f} us per logged "
+              f"row (CPU {w['cpu_cost_us_per_update']:.1f} us, this process) = "
+              f"{100 * w['fraction_at_log_every_1']:.1f}% of an update ({w['base_update_time_us']:.1f} us); "
+              f"at log_every={w['log_every']}: {100 * w['fraction_at_log_every_10']:.2f}%")
+    if "startup" in results:
+        st = results["startup"]
+        print(f"\n-- startup: python scripts/train.py, max_steps={st['max_steps']}")
+        for label, v in st["commands"].items():
+            print(f"{label:16s} first metrics row {v['first_row_s']:6.2f} s, exit {v['exit_s']:6.2f} s")
+        imp = st["import"]
+        print(f"import template.trainer: {imp['import_s']:.2f} s in-process ({imp['process_wall_s']:.2f} s process, "
+              f"bare python {imp['bare_python_s']:.2f} s); -X importtime: {imp['import_template_trainer_s']:.2f} s")
+        print("  heaviest (cumulative): " + ", ".join(f"{n} {s:.2f} s" for n, s in imp["heaviest_s"].items()))
+        print("first torch.optim.Optimizer in a process (imports torch._dynamo): "
+              f"{imp['first_torch_optimizer_s']:.2f} s")
+    print("\n-- targets")
+    for t in results["targets"]:
+        print(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']:48s} {t['value']:8.4f}  (target {t['bound']}; "
+              f"{t['cross_check_is']}: {t['cross_check']:.4f})")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5; --quick: 1)")
+    p.add_argument("--sections", default=None,
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default all; --quick: "
+                        f"{','.join(QUICK_SECTIONS)})")
+    p.add_argument("--models", default=None, help="comma-separated subset of small,mid (default both; --quick: small)")
+    p.add_argument("--no-lightning", dest="lightning", action="store_false", help="skip the Lightning loop")
+    p.add_argument("--quick", action="store_true", help="a smoke run: few steps, one repeat, small model only")
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    p.add_argument("--worker-warmup", type=int, default=10, help=argparse.SUPPRESS)
+    p.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker_out:
+        return args
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    sections = args.sections.split(",") if args.sections else list(QUICK_SECTIONS if args.quick else SECTIONS)
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        p.error(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
+    args.sections = sections
+    models = args.models.split(",") if args.models else (["small"] if args.quick else ["small", "mid"])
+    if any(m not in SPECS for m in models):
+        p.error(f"--models: choose from {', '.join(SPECS)}")
+    args.specs = [replace(SPECS[m], warmup=10, measured=50) if args.quick else SPECS[m] for m in models]
+    if args.quick:
+        args.lightning = False
+    if args.threads < 1 or args.repeats < 1:
+        p.error("--threads and --repeats must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.worker_out:
+        run_worker(args)
+        return {}
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    os.environ.setdefault("WANDB_MODE", "offline")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results: dict[str, Any] = {"meta": {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "threads": args.threads,
+        "torch": torch.__version__, "python": platform.python_version(), "repeats": args.repeats,
+        "quick": args.quick, "sections": args.sections, "models": [s.name for s in args.specs],
+        "loadavg_start": os.getloadavg(),
+    }}
+    with tempfile.TemporaryDirectory(prefix="template-bench-") as tmp:
+        workdir = Path(tmp)
+        steps: dict[str, Callable[[], dict[str, Any]]] = {
+            "throughput": lambda: section_throughput(args, device, workdir),
+            "optimizer": lambda: section_optimizer(args, device),
+            "overhead": lambda: section_overhead(args, device, workdir),
+            "sync": lambda: section_sync(args, device, workdir),
+            "wandb": lambda: section_wandb(args, device, workdir),
+            "startup": lambda: section_startup(args, device, workdir),
+        }
+        for section in args.sections:
+            print(f"[{section}]", flush=True)
+            results[section] = steps[section]()
+    results["meta"]["loadavg_end"] = os.getloadavg()
+    results["targets"] = targets(results)
+    results["ratios"] = {
+        **{f"{m}.{k}": v for m, model in results.get("throughput", {}).get("models", {}).items()
+           for k, v in model["ratios"].items()},
+        **{f"optimizer.{k}": v for k, v in results.get("optimizer", {}).get("ratios", {}).items()},
+        **({"sync.check_fraction_at_every_100": results["sync"]["fraction_at_every_100"]} if "sync" in results else {}),
+        **({"wandb.fraction_at_log_every_10": results["wandb"]["fraction_at_log_every_10"]}
+           if "wandb" in results else {}),
+    }
+    print_report(results)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
