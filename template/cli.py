@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from template.config import Config, ConfigError, load_config
-from template.distributed import LaunchError
+from template.distributed import LaunchError, LRSyncError
 from template.nonfinite import NonFiniteError
 from template.trainer import DriftError
 
@@ -45,6 +45,6 @@ def run(main: Callable[[Config, argparse.Namespace], object], description: str,
         main(cfg, args)
     except (ConfigError, LaunchError) as exc:
         fail(str(exc))
-    except (NonFiniteError, DriftError) as exc:  # training went wrong: say so in one line, status 1
+    except (NonFiniteError, DriftError, LRSyncError) as exc:  # training went wrong: say so in one line, status 1
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -204,6 +204,8 @@ def _check(condition: bool, key: str, problem: str) -> None:
 def validate(cfg: Config) -> None:
     """Range and choice checks that the schema's types cannot express."""
     t = cfg.train
+    if t.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false
+        t.mixed_precision = "no"
     _check(t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}")
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {t.grad_accum_steps}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -79,6 +81,8 @@ def make_accelerator(mixed_precision: str | None = None, log_with: str | None = 
         )
     except ValueError as exc:  # Accelerate's and torch.distributed's own launch-environment checks
         raise LaunchError(f"cannot set up the processes: {' '.join(str(exc).split())}") from None
+    if torch.distributed.is_initialized() and torch.distributed.get_backend() == "gloo":
+        _drain_gloo_at_exit()
     if launched != accelerator.num_processes:
         raise LaunchError(
             f"the launcher started {launched} processes but Accelerate sees {accelerator.num_processes} "
@@ -95,6 +99,36 @@ def make_accelerator(mixed_precision: str | None = None, log_with: str | None = 
             RuntimeWarning, stacklevel=2,
         )
     return accelerator
+
+
+_exit_hook_registered = False
+EXIT_DRAIN_S = 0.05
+
+
+def _drain_gloo_at_exit() -> None:
+    """Let gloo's worker threads finish with Python-owned tensors before the interpreter tears down.
+
+    A gloo collective's work object holds the (Python-created) tensors it was given and is destroyed
+    on gloo's own worker thread, which must take the GIL to drop them. If that happens after the main
+    thread has begun interpreter finalization, the worker is force-exited inside a noexcept destructor:
+    `terminate called without an active exception`, SIGABRT, exit -6, after a run that otherwise
+    succeeded (measured here: about 1 run in 8 on a loaded 2-core machine; an upstream PyTorch race,
+    see pytorch/pytorch#190489). At exit, while the interpreter is still whole, the main thread sleeps
+    briefly, releasing the GIL so such a worker can finish, then destroys the group. Both are local
+    operations (no collective), so this is safe on every way out, error paths included. NCCL groups
+    are not touched: their teardown can block on peers that are gone.
+    """
+    global _exit_hook_registered
+    if _exit_hook_registered:
+        return
+    _exit_hook_registered = True
+
+    def drain_and_destroy() -> None:
+        if torch.distributed.is_initialized() and torch.distributed.get_backend() == "gloo":
+            time.sleep(EXIT_DRAIN_S)
+            torch.distributed.destroy_process_group()
+
+    atexit.register(drain_and_destroy)
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -142,11 +176,14 @@ _resync_reported = False
 
 
 def check_lr_sync(accelerator: Accelerator, schedule: LRSchedule, resync: bool) -> None:
-    """Compare every rank's lrs with rank 0's in one small all-gather; resync from rank 0 or raise.
+    """Compare every rank's lrs with rank 0's; resync from rank 0 or raise LRSyncError.
 
     By construction all ranks compute the same lr; this catches what construction cannot (a forker's
-    strategy reading a rank-local value). Values are compared bit for bit. Every rank sees the whole
-    table, so all ranks take the same decision and none is left waiting in a collective.
+    strategy reading a rank-local value). The common case costs one small all-reduce (MAX over
+    [lrs, -lrs]: equal everywhere iff max == min) and one host sync; only on a mismatch is the full
+    table gathered, to name the group, the rank and both values. Every rank sees the same reduced
+    values and the same table, so all ranks take the same decision and none is left waiting in a
+    collective.
 
     `resync` makes rank 0 the truth: its lr strategy state (and with it every group's lr) is broadcast
     and loaded on all ranks, so the strategies also agree from here on. It cannot undo updates already
@@ -156,11 +193,15 @@ def check_lr_sync(accelerator: Accelerator, schedule: LRSchedule, resync: bool) 
     if accelerator.num_processes == 1:
         return
     lrs = schedule.lrs()
-    local = torch.tensor([list(lrs.values())], dtype=torch.float64, device=accelerator.device)
-    table = accelerator.gather(local).cpu()  # (world, groups), the same on every rank
+    local = torch.tensor(list(lrs.values()), dtype=torch.float64, device=accelerator.device)
+    extremes = torch.cat([local, -local])
+    torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)
+    if torch.equal(extremes[: len(lrs)], -extremes[len(lrs):]):
+        return
+    table = accelerator.gather(local[None]).cpu()  # (world, groups), the same on every rank
     bits = table.view(torch.int64)
     mismatched = (bits != bits[0]).any(dim=1).nonzero().flatten().tolist()
-    if not mismatched:
+    if not mismatched:  # equal bits after all (e.g. NaN everywhere, which max/min cannot tell)
         return
     rank = mismatched[0]
     group = next(i for i in range(table.shape[1]) if bits[rank, i] != bits[0, i])

@@ -315,3 +315,15 @@ class Tracker:
                 tracker.finish()
             self.accelerator.trackers.clear()
             self._run = None
+
+
+def training_row(step: int, lrs: dict[str, float], loss: float, epoch: float, samples_per_s: float,
+                 grad_norm: Any = None, skipped: int | None = None) -> dict[str, Any]:
+    """One metrics.jsonl row: `lr` is param group 0's lr used by update `step`, `lr/<group>` every group's."""
+    row: dict[str, Any] = {"step": step, "lr": next(iter(lrs.values())), **{f"lr/{k}": v for k, v in lrs.items()},
+                           "loss": loss, "epoch": epoch, "samples_per_s": samples_per_s}
+    if grad_norm is not None:
+        row["grad_norm"] = float(grad_norm)
+    if skipped is not None:
+        row["skipped_updates"] = skipped
+    return row

@@ -11,7 +11,6 @@ import itertools
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,8 @@ from template.optim import build_optimizer
 from template.plotting import plot_training_curves
 from template.preemption import StopRequest
 from template.schedules import LRSchedule, build_schedule
-from template.tracking import Tracker, config_yaml
+from template.tracking import Tracker, config_yaml, training_row
+from template.update import UpdateStep
 
 
 class DriftError(RuntimeError):
@@ -161,60 +161,43 @@ def train(cfg: Config) -> dict[str, Any]:
     skipped = int(resumed.state.get("skipped", 0)) if resumed is not None else 0
     stop = StopRequest()
 
+    update = UpdateStep(accelerator, model, optimizer, loss_fn, t.grad_accum_steps, t.clip_grad_norm,
+                        skip_nonfinite=t.nonfinite == "skip")
+
     model.train()
     if cfg.distributed.sync_check_every:  # the first update's lr too (a strategy set up rank-dependently)
         check_lr_sync(accelerator, schedule, resync)
     for step in range(start + 1, t.max_steps + 1):
+        logging = step % t.log_every == 0 or step == t.max_steps
         lrs = schedule.lrs()  # the lr this update uses: what gets logged for it
-        update_loss = torch.zeros((), device=device)
-        for micro in range(t.grad_accum_steps):
-            x, y = next(batches)
-            x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
-            last = micro == t.grad_accum_steps - 1
-            with nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
-                loss = loss_fn(model(x), y) / t.grad_accum_steps
-            accelerator.backward(loss)
-            update_loss += loss.detach()
-        want_norm = t.clip_grad_norm or (cfg.tracking.log_grad_norm and (step % t.log_every == 0
-                                                                         or step == t.max_steps))
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.clip_grad_norm or math.inf) \
-            if want_norm else None  # max_norm=inf: the norm only (grads x 1.0)
-        applied = t.nonfinite != "skip" or nonfinite.gradients_finite(model, grad_norm)
-        if applied:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        update_loss, grad_norm, applied = update(batches, want_norm=logging and cfg.tracking.log_grad_norm)
+        skipped += not applied
         window_updates += 1
 
         # Host reads (and the collectives behind them) only where a value is needed, not every update.
         metrics: dict[str, float] = {}
-        logging = step % t.log_every == 0 or step == t.max_steps
         if logging or metric_from_train:
-            loss_value = accelerator.reduce(update_loss, "mean").item()
+            loss_value = (accelerator.reduce(update_loss, "mean") if world > 1 else update_loss).item()
             metrics["train/loss"] = loss_value
             if t.nonfinite == "stop" and not math.isfinite(loss_value):
                 raise nonfinite.NonFiniteError(f"non-finite loss {loss_value} at update {step}; the newest "
                                                "checkpoint holds the last good state")
         if eval_loader is not None and t.eval_every and (step % t.eval_every == 0 or step == t.max_steps):
             metrics["eval/loss"] = evaluate(accelerator, model, loss_fn, eval_loader, eval_steps)
-            tracker.log({"step": step, "eval/loss": metrics["eval/loss"]})
-        if applied and not optimizer.step_was_skipped:  # a skipped update (fp16 overflow) does not count
+        if applied:  # a skipped update (non-finite, fp16 overflow) does not advance the schedule
             schedule.after_update(step, metrics)
-        skipped += not applied
         if cfg.distributed.sync_check_every and step % cfg.distributed.sync_check_every == 0:
             check_lr_sync(accelerator, schedule, resync)
 
         if logging:
             elapsed = time.perf_counter() - window_start
-            row = {"step": step, "lr": next(iter(lrs.values())), **{f"lr/{k}": v for k, v in lrs.items()},
-                   "loss": loss_value, "epoch": step / parts.updates_per_epoch,
-                   "samples_per_s": window_updates * t.batch_size / elapsed if elapsed > 0 else 0.0}
-            if grad_norm is not None:
-                row["grad_norm"] = float(grad_norm)
-            if t.nonfinite == "skip":
-                row["skipped_updates"] = skipped
-            tracker.log(row)
-            progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{row['lr']:.3g}", refresh=False)
+            tracker.log(training_row(step, lrs, loss_value, step / parts.updates_per_epoch,
+                                     window_updates * t.batch_size / elapsed if elapsed > 0 else 0.0,
+                                     grad_norm, skipped if t.nonfinite == "skip" else None))
+            progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{next(iter(lrs.values())):.3g}", refresh=False)
             window_start, window_updates = time.perf_counter(), 0
+        if "eval/loss" in metrics:
+            tracker.log({"step": step, "eval/loss": metrics["eval/loss"]})
         progress.update(1)
 
         # a stop request is agreed on at log steps (a collective under DDP), at every update otherwise

@@ -128,3 +128,7 @@ def test_script_exit_status_2_without_traceback(tmp_path, args, fragment):
     assert proc.stderr.startswith(fragment), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_mixed_precision_no_is_not_yaml_false():
+    assert load_config(SEED, ["train.mixed_precision=no"]).train.mixed_precision == "no"
