@@ -36,7 +36,6 @@ from template.distributed import (
 from template.losses import LOSSES
 from template.models import MODELS
 from template.optim import build_optimizer
-from template.plotting import plot_training_curves
 from template.preemption import StopRequest
 from template.schedules import LRSchedule, build_schedule
 from template.tracking import Tracker, config_yaml, training_row
@@ -233,6 +232,8 @@ def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tra
             save_file(state, str(out / "model.safetensors"))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.train.plots:
+            from template.plotting import plot_training_curves  # matplotlib: 0.25 s of import, only at the end
+
             rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
             tracker.log_images({k: v for k, v in plot_training_curves(rows, out).items()}, cfg.train.max_steps)
     tracker.close()
