@@ -285,7 +285,8 @@ def test_world_size_1_per_process_under_a_2_process_launch_is_a_launch_error(tmp
     proc = run_train("--config", seed_config("manual"), f"output_dir={out}", launcher="accelerate", nproc=2,
                      check=False, script=TESTS / "plugins" / "plain_accelerator_train.py")
     assert_launch_error(proc, out, "the launcher started 2 processes but Accelerate sees 1")
-    assert len([line for line in proc.stderr.splitlines() if line.startswith("error: ")]) == 2  # one per rank
+    # every rank that gets to print says it in one line; the launcher may kill the second rank first
+    assert 1 <= len([line for line in proc.stderr.splitlines() if line.startswith("error: ")]) <= 2
     assert len(re.findall(r"exitcode\s*:\s*2\b", proc.stderr)) >= 1  # the launcher's report: status 2
     assert "LaunchError" not in proc.stderr  # no traceback from the workers (the launcher prints its own)
 
