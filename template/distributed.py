@@ -14,6 +14,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 if TYPE_CHECKING:
     from template.schedules.base import LRSchedule
@@ -132,6 +133,8 @@ def _drain_gloo_at_exit() -> None:
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    if isinstance(tensor, DTensor):  # an FSDP2 shard: digest the full parameter (a collective, every rank calls it)
+        tensor = tensor.full_tensor().clone()  # clone: a plain tensor, not the async collective's wrapper
     # reshape(-1): a 0-dim parameter (the tutorial's scalar theta) cannot be viewed as bytes directly.
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
