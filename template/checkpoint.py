@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 from safetensors import safe_open
 from torch import nn
 
@@ -63,7 +64,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        for old in complete_checkpoints(output_dir)[:-keep]:
+        # Only checkpoints older than this one make way for it: a newer one (an unreadable checkpoint this
+        # run resumed past) must not push out the checkpoint just written, or a kill would lose everything.
+        older = [p for p in complete_checkpoints(output_dir) if p.name < final.name]
+        for old in older[: max(0, len(older) - (keep - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
@@ -100,20 +104,60 @@ def check_compatible(path: Path, model: nn.Module) -> None:
                               f"{list(saved[name])} there but {list(shape)} in this config")
 
 
+def _on_every_rank(accelerator: Accelerator, ok: bool) -> bool:
+    """True on every rank if `ok` is true on every rank (a collective when there are several ranks)."""
+    if accelerator.num_processes == 1:
+        return ok
+    failed = torch.tensor([0 if ok else 1], device=accelerator.device)
+    return not bool(accelerator.reduce(failed, "max").item())
+
+
+def _check_rng_file(path: Path, rank: int) -> None:
+    """Read this rank's RNG file: Accelerate's `load_state` only logs when it cannot (and resumes with the
+    wrong RNG state). A missing one is allowed: the checkpoint was written by fewer processes."""
+    rng = path / f"random_states_{rank}.pkl"
+    if rng.exists():
+        accelerate_load(rng)
+
+
 def load_checkpoint(accelerator: Accelerator, model: nn.Module, candidates: list[Path]) -> Resumed | None:
     """Restore from the first candidate that loads; a corrupt one is reported and skipped, never a crash loop.
 
     A shape mismatch is not corruption: it means the config changed, and it stops the run (ConfigError).
+    The ranks agree on every candidate (a rank's own RNG file, a flaky read), so all resume at the same
+    update. A candidate that failed inside `load_state` may have left part of itself in the model or the
+    optimizer: if no other one loads, the run stops (ConfigError) rather than "start from scratch" there.
     """
+    partly_loaded: Path | None = None
     for path in candidates:
-        check_compatible(path, accelerator.unwrap_model(model))
+        error: Exception | None = None
+        state: dict[str, Any] = {}
         try:
+            check_compatible(path, accelerator.unwrap_model(model))
             state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
-            accelerator.load_state(str(path))
+        except ConfigError:
+            raise
         except Exception as exc:  # truncated/corrupt files raise many types; all mean "try the previous one"
-            accelerator.print(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); skipping it")
-            continue
-        return Resumed(path=path, step=int(state["step"]), state=state)
+            error = exc
+        if _on_every_rank(accelerator, error is None):
+            try:
+                accelerator.load_state(str(path))
+                _check_rng_file(path, accelerator.process_index)
+            except Exception as exc:
+                error = exc
+            if _on_every_rank(accelerator, error is None):
+                return Resumed(path=path, step=int(state["step"]), state=state)
+            partly_loaded = path
+        if error is not None:
+            rank = f" on rank {accelerator.process_index}" if accelerator.num_processes > 1 else ""
+            print(f"warning: checkpoint {path} is unreadable{rank} ({type(error).__name__}: {error}); skipping it",
+                  flush=True)
+        elif accelerator.is_main_process:
+            print(f"warning: checkpoint {path} is unreadable on another rank; skipping it", flush=True)
+    if partly_loaded is not None:
+        raise ConfigError("train.resume", f"no checkpoint could be loaded, and {partly_loaded} failed part-way "
+                          "through loading (the model or optimizer may hold part of it): move the unreadable "
+                          "checkpoints out of the way, or set train.resume=none to start over")
     if candidates:
         accelerator.print("warning: no readable checkpoint; starting from scratch")
     return None

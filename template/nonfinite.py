@@ -27,4 +27,5 @@ def assert_finite(model: nn.Module) -> None:
     """Raise naming the first non-finite parameter: called before any weights are written."""
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
-            raise NonFiniteError(f"parameter '{name}' is not finite; refusing to save it")
+            raise NonFiniteError(f"parameter '{name}' is non-finite (NaN/inf); refusing to save it, the newest "
+                                 "checkpoint holds the last good state")

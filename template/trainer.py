@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Dataset
@@ -183,8 +183,8 @@ def train(cfg: Config) -> dict[str, Any]:
                                                "checkpoint holds the last good state")
         if eval_loader is not None and t.eval_every and (step % t.eval_every == 0 or step == t.max_steps):
             metrics["eval/loss"] = evaluate(accelerator, model, loss_fn, eval_loader, eval_steps)
-        if applied:  # a skipped update (non-finite, fp16 overflow) does not advance the schedule
-            schedule.after_update(step, metrics)
+        if applied:  # a skipped update (non-finite, fp16 overflow) does not advance the schedule: its clock
+            schedule.after_update(step - skipped, metrics)  # counts applied updates, as torch's schedulers do
         if cfg.distributed.sync_check_every and step % cfg.distributed.sync_check_every == 0:
             check_lr_sync(accelerator, schedule, resync)
 
@@ -225,10 +225,15 @@ def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tra
     unwrapped = accelerator.unwrap_model(model)
     summary = {"step": cfg.train.max_steps, "world_size": accelerator.num_processes,
                "param_digest": param_digest(unwrapped), "replica_digests": digests}
+    full: dict[str, torch.Tensor] | None = None
+    if accelerator.distributed_type == DistributedType.FSDP and drifted is None:  # sharded: every rank checks
+        nonfinite.assert_finite(unwrapped)                      # and gathers; the full tensors land on rank 0
+        full = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         if drifted is None:
-            nonfinite.assert_finite(unwrapped)
-            state = {k: v.detach().cpu().contiguous() for k, v in unwrapped.state_dict().items()}
+            if full is None:
+                nonfinite.assert_finite(unwrapped)
+            state = {k: v.detach().cpu().contiguous() for k, v in (full or unwrapped.state_dict()).items()}
             save_file(state, str(out / "model.safetensors"))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.train.plots:

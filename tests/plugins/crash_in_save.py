@@ -1,0 +1,54 @@
+"""SIGKILL this process in the middle of writing a checkpoint: `$FT_CRASH=<stage>:<update>`.
+
+- `save_state:<u>`: while checkpoint `u` is being written, after Accelerate wrote its files into the
+  hidden `.tmp-step_*` directory, leave it half-written (model.safetensors cut in half, optimizer.bin
+  missing, no trainer.pt) and die, as a kill or a power cut in the middle of the write would;
+- `rename:<u>`: everything of checkpoint `u` is written, trainer.pt included, and the process dies just
+  before the `.tmp-step_*` directory is renamed into place.
+
+Only the main process writes trainer.pt and renames, so use it on 1-process runs (or expect rank 0 to
+be the one that dies). Without FT_CRASH the module does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+from pathlib import Path
+
+from accelerate import Accelerator
+
+_save_state = Accelerator.save_state
+_rename = pathlib.Path.rename
+STAGE, _, STEP = (os.environ.get("FT_CRASH") or "").partition(":")
+TARGET = f".tmp-step_{int(STEP):08d}" if STEP else None
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _crashing_save_state(self: Accelerator, output_dir: str | None = None, *args, **kwargs):  # type: ignore[no-untyped-def]
+    result = _save_state(self, output_dir, *args, **kwargs)
+    if output_dir is not None and Path(output_dir).name == TARGET:
+        model = Path(output_dir) / "model.safetensors"
+        with model.open("r+b") as f:
+            f.truncate(model.stat().st_size // 2)
+        (Path(output_dir) / "optimizer.bin").unlink()
+        _die()
+    return result
+
+
+def _crashing_rename(self: pathlib.Path, target):  # type: ignore[no-untyped-def]
+    if self.name == TARGET:
+        _die()
+    return _rename(self, target)
+
+
+if STAGE == "save_state" and Accelerator.save_state is _save_state:
+    Accelerator.save_state = _crashing_save_state  # type: ignore[method-assign]
+elif STAGE == "rename" and pathlib.Path.rename is _rename:
+    pathlib.Path.rename = _crashing_rename  # type: ignore[method-assign]
+elif STAGE:
+    raise ValueError(f"FT_CRASH must be save_state:<update> or rename:<update>, got {os.environ['FT_CRASH']!r}")
