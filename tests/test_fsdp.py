@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 UPDATES, RESUME_AT = 12, 6
+EXIT_DRAIN_S = 0.05  # the same pause as template.distributed._drain_gloo_at_exit
 GLOBAL_BATCH, IN_FEATURES = 16, 4
 
 
@@ -131,7 +133,11 @@ def _worker(out: Path) -> None:
     }
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
+    # as template.distributed does at exit: let gloo's worker threads drop their tensors before the
+    # interpreter tears down (an upstream race that otherwise aborts ~1 run in 8 with SIGABRT)
+    time.sleep(EXIT_DRAIN_S)
     dist.destroy_process_group()
+    time.sleep(EXIT_DRAIN_S)
 
 
 def _load(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
