@@ -8,6 +8,7 @@ update's index, never on the world size or on where a previous run stopped.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
@@ -130,3 +131,18 @@ class TensorBatches:
             torch.as_tensor(i) for i in self.sampler)
         for index in indices:
             yield tuple(t[index] for t in self.tensors)
+
+
+def make_eval_loader(dataset: Dataset, batch_size: int, max_batches: int, world: int, rank: int,
+                     pin_memory: bool) -> tuple[Any, int]:
+    """The eval split in order, each global batch split over the ranks; returns (loader, batches to use).
+
+    The global eval batch is rounded down to a multiple of the world size so every rank holds the same
+    number of samples; `max_batches=0` means the whole split (its incomplete tail dropped).
+    """
+    size = len(dataset)  # type: ignore[arg-type]
+    batch = min(batch_size, size)
+    batch -= batch % world
+    sampler = GlobalBatchSampler(size, batch, 1, world, rank, seed=0, shuffle=False)
+    return make_loader(dataset, sampler, 0, pin_memory), min(max_batches or sampler.updates_per_epoch,
+                                                             sampler.updates_per_epoch)

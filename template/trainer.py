@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from template import checkpoint, nonfinite
 from template.config import Config, ConfigError
-from template.data import DATASETS, GlobalBatchSampler, make_loader
+from template.data import DATASETS, GlobalBatchSampler, make_eval_loader, make_loader
 from template.distributed import (
     check_lr_sync,
     first_drift,
@@ -55,7 +55,6 @@ class Parts:
     train_set: Dataset
     eval_set: Dataset | None
     updates_per_epoch: int
-    micro_batch: int  # per rank, per accumulation step
 
 
 def import_plugins(cfg: Config) -> None:
@@ -86,8 +85,7 @@ def build_parts(cfg: Config, world_size: int = 1) -> Parts:
     updates_per_epoch = len(train_set) // t.batch_size  # type: ignore[arg-type]
     optimizer = build_optimizer(model, cfg.optimizer, cfg.seed)
     schedule = build_schedule(cfg.scheduler, optimizer, updates_per_epoch)
-    return Parts(model, loss_fn, optimizer, schedule, train_set, eval_set, updates_per_epoch,
-                 t.batch_size // (world_size * t.grad_accum_steps))
+    return Parts(model, loss_fn, optimizer, schedule, train_set, eval_set, updates_per_epoch)
 
 
 def prepare_output_dir(cfg: Config) -> Path:
@@ -143,13 +141,9 @@ def train(cfg: Config) -> dict[str, Any]:
     sampler = GlobalBatchSampler(len(parts.train_set), t.batch_size, t.grad_accum_steps, world, rank,  # type: ignore[arg-type]
                                  cfg.seed, start_update=start)
     batches = iter(make_loader(parts.train_set, sampler, cfg.data.num_workers, pin))
-    eval_loader = None
-    if parts.eval_set is not None and (t.eval_every or t.eval_batches):
-        eval_batch = min(t.batch_size, len(parts.eval_set))  # type: ignore[arg-type]
-        eval_batch -= eval_batch % world
-        eval_sampler = GlobalBatchSampler(len(parts.eval_set), eval_batch, 1, world, rank, cfg.seed, shuffle=False)  # type: ignore[arg-type]
-        eval_loader = make_loader(parts.eval_set, eval_sampler, 0, pin)
-        eval_steps = min(t.eval_batches or eval_sampler.updates_per_epoch, eval_sampler.updates_per_epoch)
+    eval_loader, eval_steps = None, 0
+    if parts.eval_set is not None and t.eval_every:
+        eval_loader, eval_steps = make_eval_loader(parts.eval_set, t.batch_size, t.eval_batches, world, rank, pin)
 
     resync = cfg.distributed.sync_check_action == "resync"
     metric_from_train = schedule.needs_metric and schedule.monitor == "train/loss"
