@@ -22,6 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 from template.config import ConfigError
+from template.distributed import any_rank
 
 TRAINER_STATE = "trainer.pt"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -106,10 +107,7 @@ def check_compatible(path: Path, model: nn.Module) -> None:
 
 def _on_every_rank(accelerator: Accelerator, ok: bool) -> bool:
     """True on every rank if `ok` is true on every rank (a collective when there are several ranks)."""
-    if accelerator.num_processes == 1:
-        return ok
-    failed = torch.tensor([0 if ok else 1], device=accelerator.device)
-    return not bool(accelerator.reduce(failed, "max").item())
+    return not any_rank(accelerator, not ok)
 
 
 def _check_rng_file(path: Path, rank: int) -> None:

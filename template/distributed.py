@@ -31,6 +31,14 @@ class LRSyncError(RuntimeError):
     """A param group's lr differs between ranks (`distributed.sync_check_action: error`)."""
 
 
+def any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank: one max all-reduce, so all ranks decide alike."""
+    if accelerator.num_processes == 1:
+        return flag
+    reduced = accelerator.reduce(torch.tensor([int(flag)], device=accelerator.device), "max")
+    return bool(reduced.item())
+
+
 def launcher_world_size(env: Mapping[str, str] | None = None) -> int:
     """The number of processes the launcher says it started (1 when nothing says otherwise)."""
     env = os.environ if env is None else env

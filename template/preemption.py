@@ -11,8 +11,9 @@ import contextlib
 import signal
 from types import FrameType
 
-import torch
 from accelerate import Accelerator
+
+from template.distributed import any_rank
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -30,10 +31,7 @@ class StopRequest:
 
     def agreed(self, accelerator: Accelerator) -> bool:
         """True on every rank if any rank was signalled (a collective when there are several ranks)."""
-        if accelerator.num_processes == 1:
-            return self.signal is not None
-        flag = torch.tensor([0 if self.signal is None else 1], device=accelerator.device)
-        return bool(accelerator.reduce(flag, "max").item())
+        return any_rank(accelerator, self.signal is not None)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

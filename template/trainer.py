@@ -30,7 +30,6 @@ from template.distributed import (
     check_lr_sync,
     first_drift,
     make_accelerator,
-    param_digest,
     replica_digests,
 )
 from template.losses import LOSSES
@@ -218,7 +217,7 @@ def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tra
     drifted = first_drift(accelerator, model) if len(set(digests)) > 1 else None
     unwrapped = accelerator.unwrap_model(model)
     summary = {"step": cfg.train.max_steps, "world_size": accelerator.num_processes,
-               "param_digest": param_digest(unwrapped), "replica_digests": digests}
+               "param_digest": digests[accelerator.process_index], "replica_digests": digests}
     full: dict[str, torch.Tensor] | None = None
     if accelerator.distributed_type == DistributedType.FSDP and drifted is None:  # sharded: every rank checks
         nonfinite.assert_finite(unwrapped)                      # and gathers; the full tensors land on rank 0
