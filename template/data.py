@@ -67,9 +67,11 @@ class GlobalBatchSampler(Sampler[list[int]]):
             raise ValueError(f"global batch {global_batch} is larger than the dataset ({num_samples} samples)")
         self.num_samples = num_samples
         self.global_batch = global_batch
-        self.micro = global_batch // accum
-        self.per_rank = self.micro // world
+        if global_batch % (accum * world):
+            raise ValueError(f"global batch {global_batch} is not divisible by {accum} micro-batches x {world} ranks")
+        self.per_rank = global_batch // (accum * world)
         self.accum = accum
+        self.world = world
         self.rank = rank
         self.seed = seed
         self.start_update = start_update
@@ -81,18 +83,22 @@ class GlobalBatchSampler(Sampler[list[int]]):
             return torch.arange(self.num_samples)
         return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
-    def index_tensors(self) -> Iterator[torch.Tensor]:
-        """The same indices as `__iter__`, as int64 tensors (slices of the epoch's permutation)."""
+    def epoch_indices(self) -> Iterator[torch.Tensor]:
+        """For each epoch from `start_update` on, this rank's indices for the rest of it, in the order
+        they are consumed: every `per_rank` consecutive entries are one micro-batch."""
         update = self.start_update
         while True:
             epoch, position = divmod(update, self.updates_per_epoch)
-            order = self._order(epoch)
-            for u in range(position, self.updates_per_epoch):
-                batch = order[u * self.global_batch : (u + 1) * self.global_batch]
-                for m in range(self.accum):
-                    start = m * self.micro + self.rank * self.per_rank
-                    yield batch[start : start + self.per_rank]
+            # rows: the epoch's remaining global batches, each cut into (accum, world, per_rank)
+            batches = self._order(epoch)[position * self.global_batch : self.updates_per_epoch * self.global_batch]
+            yield batches.view(-1, self.accum, self.world, self.per_rank)[:, :, self.rank].reshape(-1)
             update = (epoch + 1) * self.updates_per_epoch
+
+    def index_tensors(self) -> Iterator[torch.Tensor]:
+        """This rank's micro-batches as int64 index tensors, one per micro-batch, endlessly."""
+        for indices in self.epoch_indices():
+            for start in range(0, len(indices), self.per_rank):
+                yield indices[start : start + self.per_rank]
 
     def __iter__(self) -> Iterator[list[int]]:
         for index in self.index_tensors():
@@ -115,22 +121,36 @@ def make_loader(dataset: Dataset, sampler: Sampler[list[int]], num_workers: int,
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
 
 
+# TensorBatches gathers this many micro-batches at once (fewer where they would exceed BLOCK_BYTES).
+BLOCK_BATCHES = 64
+BLOCK_BYTES = 8 << 20
+
+
 class TensorBatches:
-    """In-process batches of a TensorDataset: one index tensor, one gather per tensor, no DataLoader.
+    """In-process batches of a TensorDataset, without a DataLoader.
 
     What DataLoader(batch_size=None) yields for an in-memory TensorDataset with no workers and no
-    pinning, without its per-batch machinery (~50 us per batch on CPU) and its list-to-tensor index
-    conversion per tensor.
+    pinning, the same values in the same (contiguous) layout, without its per-batch machinery (~50 us
+    per batch on CPU): the indices of up to `BLOCK_BATCHES` consecutive micro-batches are gathered in
+    one indexing op per tensor and each micro-batch is a view of that block. Per batch that leaves a
+    tuple from a zip, where one gather per batch costs more than a small model's forward pass.
     """
 
     def __init__(self, dataset: TensorDataset, sampler: Sampler[list[int]]) -> None:
         self.tensors, self.sampler = dataset.tensors, sampler
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        indices = self.sampler.index_tensors() if isinstance(self.sampler, GlobalBatchSampler) else (
-            torch.as_tensor(i) for i in self.sampler)
-        for index in indices:
-            yield tuple(t[index] for t in self.tensors)
+        if not isinstance(self.sampler, GlobalBatchSampler):
+            for index in self.sampler:
+                yield tuple(t[torch.as_tensor(index)] for t in self.tensors)
+            return
+        per = self.sampler.per_rank
+        row_bytes = max(1, sum(t[0].numel() * t.element_size() for t in self.tensors))
+        rows = per * max(1, min(BLOCK_BATCHES, BLOCK_BYTES // (per * row_bytes)))
+        for indices in self.sampler.epoch_indices():
+            for start in range(0, len(indices), rows):
+                block = indices[start : start + rows]
+                yield from zip(*(t[block].split(per) for t in self.tensors), strict=True)
 
 
 def make_eval_loader(dataset: Dataset, batch_size: int, max_batches: int, world: int, rank: int,
