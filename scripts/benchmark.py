@@ -2,7 +2,7 @@
 """Benchmark the template's trainer against hand-written loops, and its side costs.
 
     python scripts/benchmark.py [--out bench.json] [--threads 1] [--device cpu|cuda] [--repeats 5]
-                                [--sections throughput,optimizer,overhead,sync,wandb,startup] [--quick]
+                                [--sections throughput,optimizer,overhead,gpu_sync,sync,wandb,startup] [--quick]
 
 Sections (all by default; `--quick`: few steps, one repeat, small model only, no Lightning, no
 2-process or W&B runs):
@@ -41,13 +41,16 @@ Sections (all by default; `--quick`: few steps, one repeat, small model only, no
   tensors gives each optimizer's fixed (Python) cost.
 
 - overhead: where the trainer's per-update time beyond the raw loop goes, one component at a time
-  (each timed alone, the trainer's way minus the raw loop's way, microseconds per update).
+  (each timed alone, the trainer's way minus the raw loop's way, microseconds per update), and what
+  Accelerate's wrappers would add where the trainer calls the wrapped object directly.
 
+- gpu_sync (--device cuda only): host-device synchronisations per update under
+  `torch.cuda.set_sync_debug_mode("warn")`; the target is none on updates that do not log.
 - sync (2 processes): the trainer under `accelerate launch --multi_gpu --num_processes 2` (gloo on CPU)
   with distributed.sync_check_every=1 against 0; the difference is the cost of one `check_lr_sync`,
   reported as a fraction of the update time at the default cadence (every 100 updates).
-- wandb: the trainer with tracking.wandb=true (WANDB_MODE=offline) against false, both at log_every=1
-  so that every update carries a row (ten times the signal), scaled to the default log_every=10.
+- wandb: the trainer with tracking.wandb=true (WANDB_MODE=offline) against false at the default
+  log_every=10, small MLP; the cost per row is also set against the mid MLP's update time.
   Both run the trainer in subprocesses through this script's `--worker-out` mode, timed as above.
 - startup: wall time from starting `python scripts/train.py` (max_steps=10) to its first metrics row
   and to its exit, for the shipped default config (W&B offline, eval, checkpoints, plots) and a lean one;
@@ -95,7 +98,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
 from dataclasses import asdict, dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -108,7 +110,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 
 from template.config import DEFAULT_CONFIG, Config, load_config  # noqa: E402
 
-SECTIONS = ("throughput", "optimizer", "overhead", "sync", "wandb", "startup")
+SECTIONS = ("throughput", "optimizer", "overhead", "gpu_sync", "sync", "wandb", "startup")
 QUICK_SECTIONS = ("throughput", "optimizer", "overhead", "startup")
 LOG_EVERY = 10  # the trainer's default cadence; every loop reads the loss this often
 
@@ -131,7 +133,7 @@ class ModelSpec:
 
 SPECS = {
     "small": ModelSpec("small", in_features=8, hidden=64, depth=2, batch=64, warmup=50, measured=1500),
-    "mid": ModelSpec("mid", in_features=256, hidden=1024, depth=4, batch=256, warmup=5, measured=40),
+    "mid": ModelSpec("mid", in_features=256, hidden=1024, depth=4, batch=256, warmup=5, measured=100),
 }
 
 
@@ -523,18 +525,20 @@ def section_optimizer(args: argparse.Namespace, device: torch.device) -> dict[st
 def section_overhead(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
     """Each row: one part of an update done the trainer's way minus the raw loop's way (µs per update).
 
-    The parts are the trainer's own objects (its Accelerator, prepared model and optimizer, data loader,
-    LRSchedule, Tracker), each timed alone in a tight loop; best of several repeats (timeit's convention:
-    interference from other processes only ever adds time). The `detail` rows name what inside a wrapper
-    costs the time and are not added to the sum.
+    The parts are the trainer's own objects (its Accelerator, prepared model and optimizer, batches,
+    UpdateStep, LRSchedule, Tracker), each timed alone in a tight loop; best of several repeats (timeit's
+    convention: interference from other processes only ever adds time). The `detail` rows are what
+    Accelerate's wrappers would add where the trainer calls the wrapped object directly
+    (template/update.py); they are not part of the sum.
     """
     from tqdm.auto import tqdm
 
     from template.data import GlobalBatchSampler, make_loader
     from template.distributed import make_accelerator
     from template.schedules.subclass import WarmupCosineLR
-    from template.tracking import Tracker
+    from template.tracking import Tracker, training_row
     from template.trainer import build_parts
+    from template.update import UpdateStep
 
     torch.set_num_threads(args.threads)
     spec = args.specs[0]
@@ -560,20 +564,20 @@ def section_overhead(args: argparse.Namespace, device: torch.device, workdir: Pa
                 yield x_all[idx], y_all[idx]
 
     raw_iter = raw_batches()
-    x, y = next(batches)
-    loss_fn(model(x.to(device)), y.to(device)).backward()  # gradients for clipping and the optimizer step
+    x, y = (v.to(device) for v in next(batches))
+    update = UpdateStep(accelerator, model, optimizer, loss_fn, t.grad_accum_steps, t.clip_grad_norm,
+                        skip_nonfinite=False)
+    same_batch = itertools.repeat((x, y))
 
-    def contexts() -> None:
-        with nullcontext(), accelerator.autocast():
-            pass
+    def raw_update() -> None:
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm)
+        inner.step()
+        inner.zero_grad(set_to_none=True)
 
-    def divided_backward() -> None:  # the trainer's `/ grad_accum_steps`, then accelerator.backward's own
-        leaf = torch.ones((), requires_grad=True)
-        accelerator.backward(leaf * 1.0 / t.grad_accum_steps)
-
-    def plain_backward() -> None:
-        leaf = torch.ones((), requires_grad=True)
-        (leaf * 1.0).backward()
+    def fresh_grads() -> None:
+        loss_fn(model(x), y).backward()
 
     schedule = parts.schedule
     scheduler_raw = WarmupCosineLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
@@ -581,21 +585,15 @@ def section_overhead(args: argparse.Namespace, device: torch.device, workdir: Pa
     counter = itertools.count(1)
     loss_t, grad_norm = torch.tensor(0.5), torch.tensor(0.3)
 
-    def loss_accumulate() -> None:
-        acc = torch.zeros((), device=device)
-        acc += loss_t.detach()
-
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     tracker = Tracker(accelerator, cfg)
     progress = tqdm(total=10, disable=True)
 
     def log_row() -> None:  # what the trainer does once per log_every updates, W&B off
-        loss_value = accelerator.reduce(loss_t, "mean").item()
+        loss_value = loss_t.item()
         lrs = schedule.lrs()
-        row = {"step": 10, "lr": next(iter(lrs.values())), **{f"lr/{k}": v for k, v in lrs.items()},
-               "loss": loss_value, "epoch": 0.1, "samples_per_s": 1.0, "grad_norm": float(grad_norm)}
-        tracker.log(row)
-        progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{row['lr']:.3g}", refresh=False)
+        tracker.log(training_row(10, lrs, loss_value, 0.1, 1.0, grad_norm))
+        progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{next(iter(lrs.values())):.3g}", refresh=False)
 
     def raw_log() -> None:
         _ = loss_t.item(), grad_norm.item()
@@ -612,45 +610,24 @@ def section_overhead(args: argparse.Namespace, device: torch.device, workdir: Pa
     def nothing() -> None:
         pass
 
-    add("data: next(DataLoader(GlobalBatchSampler)) vs tensor[perm slice]", lambda: next(batches),
-        lambda: next(raw_iter))
-    idx = torch.randperm(len(x_all))[:t.batch_size]
-    idx_list = idx.tolist()
-    add("  detail: TensorDataset[list] (a list->tensor conversion per tensor)",
-        lambda: parts.train_set[idx_list], lambda: (x_all[idx], y_all[idx]), detail=True)
-    add("nullcontext() + accelerator.autocast() enter/exit", contexts, nothing)
-    add("loss / grad_accum_steps + accelerator.backward's / 1", divided_backward, plain_backward)
-    add("accelerator.clip_grad_norm_(model.parameters()) vs clip_grad_norm_(list)",
-        lambda: accelerator.clip_grad_norm_(model.parameters(), 1e9),
-        lambda: torch.nn.utils.clip_grad_norm_(params, 1e9))
-    add("AcceleratedOptimizer.step vs RandomScaledSGD.step", optimizer.step, inner.step)
-    add("  detail: 2x is_lomo_available() (importlib find_spec)", lambda: (_lomo(), _lomo()), nothing, detail=True)
-    add("AcceleratedOptimizer.zero_grad vs RandomScaledSGD.zero_grad",
-        lambda: optimizer.zero_grad(set_to_none=True), lambda: inner.zero_grad(set_to_none=True))
-    add("  detail: inspect.signature(optimizer.zero_grad)", lambda: _signature(inner.zero_grad), nothing, detail=True)
-    add("optimizer.step_was_skipped", lambda: optimizer.step_was_skipped, nothing)
-    add("schedule.lrs() dict", schedule.lrs, nothing)
-    add("schedule.after_update vs scheduler.step", lambda: schedule.after_update(next(counter), {}),
-        scheduler_raw.step)
-    add("update_loss = zeros(()); += loss.detach()", loss_accumulate, nothing)
+    add("data: next(TensorBatches) vs tensor[perm slice] per batch", lambda: next(batches), lambda: next(raw_iter))
+    add("UpdateStep: forward, backward, clip, step, zero_grad vs raw", lambda: update(same_batch, False), raw_update)
+    add("schedule.after_update vs scheduler.step", lambda: schedule.after_update(next(counter)), scheduler_raw.step)
     add("tqdm(disable=True).update(1)", lambda: progress.update(1), nothing)
-    add(f"log row / {LOG_EVERY} (reduce+item, metrics.jsonl write+flush, postfix)", log_row, raw_log,
+    add(f"log row / {LOG_EVERY} (lrs, item, metrics.jsonl write+flush, postfix)", log_row, raw_log,
         per_update=1 / LOG_EVERY)
+    fresh_grads()  # the wrappers below need gradients to clip and step
+    add("  bypassed: accelerator.backward vs Tensor.backward",
+        lambda: accelerator.backward(loss_fn(model(x), y)), lambda: loss_fn(model(x), y).backward(), detail=True)
+    add("  bypassed: accelerator.clip_grad_norm_ vs clip_grad_norm_(list)",
+        lambda: accelerator.clip_grad_norm_(model.parameters(), 1e9),
+        lambda: torch.nn.utils.clip_grad_norm_(params, 1e9), detail=True)
+    add("  bypassed: AcceleratedOptimizer.step vs RandomScaledSGD.step", optimizer.step, inner.step, detail=True)
+    add("  bypassed: AcceleratedOptimizer.zero_grad vs .zero_grad", lambda: optimizer.zero_grad(set_to_none=True),
+        lambda: inner.zero_grad(set_to_none=True), detail=True)
     tracker.close()
     total = sum(r["delta_us_per_update"] for r in rows if not r["detail"])
     return {"model": spec.name, "rows": rows, "sum_delta_us_per_update": total}
-
-
-def _lomo() -> bool:
-    from accelerate.utils import is_lomo_available
-
-    return is_lomo_available()
-
-
-def _signature(fn: Callable[..., object]) -> object:
-    import inspect
-
-    return inspect.signature(fn)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -715,6 +692,47 @@ def extra_cost(runs: dict[str, list[dict[str, float]]], on: str, off: str) -> di
     return result
 
 
+def section_gpu_sync(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
+    """On CUDA: host-device synchronisations per update, from `torch.cuda.set_sync_debug_mode("warn")`.
+
+    The trainer runs in-process with the mode on from its first update on; each warning is charged to
+    the update after which it came (counted by the optimizer step post-hook). Those after log updates
+    (the loss is read there) and after the last one are expected; the target is none after the others.
+    On a CPU machine the same property is a test (tests/test_host_reads.py).
+    """
+    if device.type != "cuda":
+        return {"skipped": "needs --device cuda"}
+    from template.trainer import train
+
+    spec = SPECS["small"]
+    steps = 100 if args.quick else 300
+    cfg = bench_config(spec, steps, workdir / "gpu-sync")
+    boundaries: list[int] = []  # number of warnings seen when each update finished
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def hook(*_: Any) -> None:
+            boundaries.append(len(caught))
+            if len(boundaries) == 1:
+                torch.cuda.set_sync_debug_mode("warn")
+
+        handle = register_optimizer_step_post_hook(hook)
+        try:
+            train(cfg)
+        finally:
+            handle.remove()
+            torch.cuda.set_sync_debug_mode("default")
+    boundaries.append(len(caught))
+    per_update = {k: boundaries[k] - boundaries[k - 1] for k in range(1, len(boundaries))}  # after update k
+    logged = {k for k in per_update if k % LOG_EVERY == 0 or k >= steps}
+    others = {k: n for k, n in per_update.items() if k not in logged and n}
+    examples = sorted({str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)})[:5]
+    return {"updates": steps, "log_every": LOG_EVERY,
+            "syncs_after_log_updates": sum(n for k, n in per_update.items() if k in logged),
+            "syncs_after_other_updates": sum(others.values()), "updates_with_syncs": sorted(others)[:20],
+            "examples": examples}
+
+
 def section_sync(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
     spec = replace(SPECS["small"], warmup=50, measured=2000) if not args.quick else args.specs[0]
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
@@ -729,19 +747,22 @@ def section_sync(args: argparse.Namespace, device: torch.device, workdir: Path) 
 
 
 def section_wandb(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
-    spec = replace(SPECS["small"], warmup=50, measured=2000) if not args.quick else args.specs[0]
+    """W&B on against off at the default cadence (a row every LOG_EVERY updates), small MLP.
+
+    Measured at the cadence itself, not scaled from logging every update: a row's cost depends on how
+    often rows come (measured here: wandb's client and the cache misses it leaves behind cost more per
+    row when rows are rarer). The fraction for a longer update (the mid MLP's, from the throughput
+    section when it ran) assumes the same cost per row, which does not depend on the model.
+    """
+    spec = replace(SPECS["small"], warmup=50, measured=3000) if not args.quick else args.specs[0]
     env = child_env(args.threads, WANDB_MODE="offline",
                     **({"CUDA_VISIBLE_DEVICES": ""} if device.type == "cpu" else {}))
-    # Both sides log every update, so each update carries one W&B row: ten times the signal of the default
-    # cadence, scaled back to it below (a row every 10 updates costs a tenth per update).
-    every = ["train.log_every=1"]
-    runs = ab_runs(args, spec, workdir, "wandb", {"wandb_true": ["tracking.wandb=true", *every],
-                                                  "wandb_false": ["tracking.wandb=false", *every]}, 1, env)
+    runs = ab_runs(args, spec, workdir, "wandb", {"wandb_true": ["tracking.wandb=true"],
+                                                  "wandb_false": ["tracking.wandb=false"]}, 1, env)
     cost = extra_cost(runs, "wandb_true", "wandb_false")
-    per_row, base = cost["cost_us_per_update"], cost["base_update_time_us"]
-    return {"model": spec.name, "measured_at_log_every": 1, "log_every": LOG_EVERY, **cost,
-            "cost_us_per_logged_row": per_row, "fraction_at_log_every_1": per_row / base,
-            "fraction_at_log_every_10": per_row / LOG_EVERY / base}
+    per_update, base = cost["cost_us_per_update"], cost["base_update_time_us"]
+    return {"model": spec.name, "log_every": LOG_EVERY, **cost, "cost_us_per_logged_row": per_update * LOG_EVERY,
+            "fraction_at_log_every_10": per_update / base}
 
 
 def import_profile(env: dict[str, str]) -> dict[str, Any]:
@@ -843,14 +864,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         o = results["optimizer"]
         check("RandomScaledSGD.step / SGD(foreach) step time", o["ratios"]["random_scaled_sgd_vs_sgd_foreach"],
               "<=", 1.0, o["best_ratios"]["random_scaled_sgd_vs_sgd_foreach"], "best of steps")
+    if "syncs_after_other_updates" in results.get("gpu_sync", {}):
+        n = results["gpu_sync"]["syncs_after_other_updates"]
+        check("host-device syncs on updates that do not log", n, "<=", 0, results["gpu_sync"]["updates"], "updates")
     if "sync" in results:
         s = results["sync"]
         check("lr sync check / update time (every 100)", s["fraction_at_every_100"], "<=", 0.02,
               s["cpu_cost_us_per_update"] / 100 / s["cpu_time_us"]["every_0"], "CPU time")
     if "wandb" in results:
         w = results["wandb"]
-        check("W&B logging / update time (log_every 10)", w["fraction_at_log_every_10"], "<=", 0.02,
-              w["cpu_cost_us_per_update"] / LOG_EVERY / w["cpu_time_us"]["wandb_false"], "CPU time, this process only")
+        check(f"W&B logging / update time ({w['model']}, log_every 10)", w["fraction_at_log_every_10"], "<=", 0.02,
+              w["cpu_cost_us_per_update"] / w["cpu_time_us"]["wandb_false"], "CPU time, this process only")
+        for name, frac in w.get("fraction_for_model", {}).items():
+            check(f"W&B logging / update time ({name}, log_every 10)", frac, "<=", 0.02, frac, "same")
     return checks
 
 
@@ -898,7 +924,7 @@ def print_report(results: dict[str, Any]) -> None:
         for row in ov["rows"]:
             print(f"{row['component'][:64]:64s} {row['trainer_us']:9.2f} {row['raw_us']:9.2f} "
                   f"{row['delta_us_per_update']:9.2f}")
-        print(f"{'sum of the component deltas (detail rows excluded)':64s} {'':9s} {'':9s} "
+        print(f"{'sum of the component deltas (bypassed rows excluded)':64s} {'':9s} {'':9s} "
               f"{ov['sum_delta_us_per_update']:9.2f}")
         small = results.get("throughput", {}).get("models", {}).get(ov["model"])
         if small:
@@ -906,6 +932,16 @@ def print_report(results: dict[str, Any]) -> None:
             cpu = small["cpu_time_us"]["trainer"] - small["cpu_time_us"]["raw"]
             print(f"{'measured trainer - raw in the throughput section: wall / CPU':64s} {'':9s} {wall:9.2f} "
                   f"{cpu:9.2f}")
+    if "gpu_sync" in results:
+        g = results["gpu_sync"]
+        if "skipped" in g:
+            print(f"\n-- host-device syncs per update: skipped ({g['skipped']})")
+        else:
+            print(f"\n-- host-device syncs (set_sync_debug_mode), {g['updates']} updates: "
+                  f"{g['syncs_after_log_updates']} after log updates, {g['syncs_after_other_updates']} after the "
+                  f"others {g['updates_with_syncs'] or ''}")
+            for line in g["examples"]:
+                print(f"  {line}")
     if "sync" in results:
         s = results["sync"]
         print(f"\n-- lr sync check, {s['processes']} processes ({s['backend']}), {s['model']} MLP")
@@ -915,12 +951,13 @@ def print_report(results: dict[str, Any]) -> None:
               f"({s['base_update_time_us']:.1f} us); at every=100: {100 * s['fraction_at_every_100']:.3f}%")
     if "wandb" in results:
         w = results["wandb"]
-        print(f"\n-- W&B offline logging, {w['model']} MLP, measured at log_every=1, scaled to {w['log_every']}")
+        print(f"\n-- W&B offline logging, {w['model']} MLP, a row every {w['log_every']} updates")
         print(f"updates/s wandb=true {w['updates_per_s']['wandb_true']['median']:.1f}, false "
               f"{w['updates_per_s']['wandb_false']['median']:.1f}; {w['cost_us_per_logged_row']:.1f} us per logged "
-              f"row (CPU {w['cpu_cost_us_per_update']:.1f} us, this process) = "
-              f"{100 * w['fraction_at_log_every_1']:.1f}% of an update ({w['base_update_time_us']:.1f} us); "
-              f"at log_every={w['log_every']}: {100 * w['fraction_at_log_every_10']:.2f}%")
+              f"row (CPU {w['cpu_cost_us_per_update'] * w['log_every']:.1f} us, this process) = "
+              f"{100 * w['fraction_at_log_every_10']:.2f}% of a {w['base_update_time_us']:.1f} us update")
+        for name, frac in w.get("fraction_for_model", {}).items():
+            print(f"  the same cost per row on the {name} MLP's update: {100 * frac:.3f}%")
     if "startup" in results:
         st = results["startup"]
         print(f"\n-- startup: python scripts/train.py, max_steps={st['max_steps']}")
@@ -997,6 +1034,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "throughput": lambda: section_throughput(args, device, workdir),
             "optimizer": lambda: section_optimizer(args, device),
             "overhead": lambda: section_overhead(args, device, workdir),
+            "gpu_sync": lambda: section_gpu_sync(args, device, workdir),
             "sync": lambda: section_sync(args, device, workdir),
             "wandb": lambda: section_wandb(args, device, workdir),
             "startup": lambda: section_startup(args, device, workdir),
@@ -1005,6 +1043,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"[{section}]", flush=True)
             results[section] = steps[section]()
     results["meta"]["loadavg_end"] = os.getloadavg()
+    if "wandb" in results:  # the per-row cost against the other models' update times
+        w = results["wandb"]
+        w["fraction_for_model"] = {
+            name: w["cost_us_per_logged_row"] / LOG_EVERY / model["update_time_us"]["trainer"]
+            for name, model in results.get("throughput", {}).get("models", {}).items() if name != w["model"]}
     results["targets"] = targets(results)
     results["ratios"] = {
         **{f"{m}.{k}": v for m, model in results.get("throughput", {}).get("models", {}).items()

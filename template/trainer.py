@@ -161,7 +161,7 @@ def train(cfg: Config) -> dict[str, Any]:
         check_lr_sync(accelerator, schedule, resync)
     for step in range(start + 1, t.max_steps + 1):
         logging = step % t.log_every == 0 or step == t.max_steps
-        lrs = schedule.lrs()  # the lr this update uses: what gets logged for it
+        lrs = schedule.lrs() if logging else {}  # the lr this update uses: what gets logged for it
         update_loss, grad_norm, applied = update(batches, want_norm=logging and cfg.tracking.log_grad_norm)
         skipped += not applied
         window_updates += 1
@@ -193,7 +193,7 @@ def train(cfg: Config) -> dict[str, Any]:
         progress.update(1)
 
         # a stop request is agreed on at log steps (a collective under DDP), at every update otherwise
-        preempted = (world == 1 or logging) and stop.agreed(accelerator)
+        preempted = stop.signal is not None if world == 1 else logging and stop.agreed(accelerator)
         if preempted or (t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.max_steps)):
             nonfinite.assert_finite(model)
             checkpoint.save_checkpoint(accelerator, out, step, {

@@ -59,6 +59,8 @@ class LRSchedule:
         self.monitor = monitor
         self.needs_metric = needs_metric(strategy)
         self.group_names = [str(g.get("name", i)) for i, g in enumerate(optimizer.param_groups)]
+        # the common case, decided once rather than on every update: a torch scheduler fed nothing
+        self._plain_torch = isinstance(strategy, torch.optim.lr_scheduler.LRScheduler) and not self.needs_metric
         if not isinstance(strategy, torch.optim.lr_scheduler.LRScheduler) and not self.needs_metric:
             strategy.step(update=0, epoch=0, metric=None)  # type: ignore[attr-defined]  # lr of update 1
 
@@ -69,6 +71,9 @@ class LRSchedule:
     def after_update(self, update: int, metrics: Mapping[str, float] | None = None) -> None:
         """Advance after applied update number `update` (1-based, global)."""
         if self.interval == "epoch" and update % self.updates_per_epoch != 0:
+            return
+        if self._plain_torch:
+            self.strategy.step()  # type: ignore[attr-defined]
             return
         epoch = update // self.updates_per_epoch
         metric = None
