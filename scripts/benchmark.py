@@ -7,7 +7,7 @@
 Sections (all by default; `--quick`: few steps, one repeat, small model only, no Lightning, no
 2-process or W&B runs):
 
-- throughput: optimizer updates per second of `template.trainer.train(cfg)` (called in-process on a
+- throughput: optimizer updates per second of `template.trainer.train(cfg)` (called in a worker process on a
   config from `load_config(configs/default.yaml, overrides)`: no W&B, no progress bar, no checkpoints,
   no eval, no plots, log_every=10) against, on the same model, data, optimizer (RandomScaledSGD), lr
   schedule (WarmupCosineLR, stepped after every update), clipping and seed:
@@ -15,6 +15,9 @@ Sections (all by default; `--quick`: few steps, one repeat, small model only, no
                forward, backward, clip, step, zero_grad, scheduler.step(), `loss.item()` every 10 updates.
                It draws its permutations like the trainer's sampler, so it must end with bit-identical
                parameters (`same_params_as_trainer` checks that the comparison is like for like).
+    raw_tuned  the raw loop after the trainer's malloc setting (template/host_memory.py: glibc keeps freed
+               memory instead of page-faulting each update's activations in again): the trainer's own
+               overhead at equal allocator settings.
     accelerate a plain Accelerate loop as the docs show it: Accelerator(cpu=...), prepare(model, optimizer,
                DataLoader(shuffle=True, drop_last=True), scheduler), accelerator.backward/clip_grad_norm_.
     lightning  lightning.Trainer on a LightningModule doing the same (when `lightning` is importable:
@@ -27,13 +30,14 @@ Sections (all by default; `--quick`: few steps, one repeat, small model only, no
   each `optimizer.step()`. The rate is (N - W) / (t[N] - t[W]) over updates W+1..N: setup (imports,
   Accelerator, model and data construction, process-group start), the first W warm-up updates and
   everything after the last update (final digests, model.safetensors) are excluded; everything a loop
-  does between updates (data, forward, backward, clipping, logging, lr stepping) is included. N - W is
-  a multiple of 10, so every window holds the same number of log rows. On CUDA the two boundary
-  timestamps synchronize the device first. The hook costs well under a microsecond per update, paid
-  alike by every loop. Each repeat runs every loop once, in rotated order; a ratio is the median over
-  repeats of that repeat's ratio (the loops of one repeat ran back to back, so a slow spell of a
-  shared machine hits both sides). Updates per CPU-second are printed beside as a cross-check: other
-  processes on the machine disturb CPU time far less than wall time.
+  does between updates (data, forward, backward, clipping, logging, lr stepping) is included. N - W is a
+  multiple of 10, so every window holds the same number of log rows. Every run is a fresh worker process
+  (`--worker-loop`), so no loop inherits another's allocator settings, imports or caches. On CUDA the
+  two boundary timestamps synchronize the device first. The hook costs well under a microsecond per
+  update, paid alike by every loop. Each repeat runs every loop once, in rotated order; a ratio is the
+  median over repeats of that repeat's ratio (the loops of one repeat ran back to back, so a slow spell
+  of a shared machine hits both sides). Updates per CPU-second are printed beside as a cross-check:
+  other processes on the machine disturb CPU time far less than wall time.
 
 - optimizer: `RandomScaledSGD.step()` against `torch.optim.SGD(foreach=True)` and the tutorial's
   per-parameter loop (`param.data = param.data - lr * factor * param.grad`), 100 tensors x 100k params,
@@ -287,6 +291,14 @@ def run_raw(cfg: Config, device: torch.device) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+def run_raw_tuned(cfg: Config, device: torch.device) -> dict[str, Any]:
+    """The raw loop with the trainer's malloc thresholds: the trainer's own overhead at equal allocator settings."""
+    from template.host_memory import keep_freed_memory
+
+    keep_freed_memory()
+    return run_raw(cfg, device)
+
+
 def run_trainer(cfg: Config, device: torch.device) -> dict[str, Any]:
     from template.trainer import train
 
@@ -358,7 +370,8 @@ def run_lightning(cfg: Config, device: torch.device) -> dict[str, Any]:
 
 
 LOOPS: dict[str, Callable[[Config, torch.device], dict[str, Any]]] = {
-    "raw": run_raw, "trainer": run_trainer, "accelerate": run_accelerate, "lightning": run_lightning,
+    "raw": run_raw, "raw_tuned": run_raw_tuned, "trainer": run_trainer, "accelerate": run_accelerate,
+    "lightning": run_lightning,
 }
 
 
@@ -397,8 +410,36 @@ def compare(runs: dict[str, list[dict[str, float]]], base: str) -> dict[str, Any
     return out
 
 
+def loop_in_process(args: argparse.Namespace, loop: str, spec: ModelSpec, out_dir: Path,
+                    device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
+    """One timed run of `loop` in a fresh interpreter (`--worker-loop`): the trainer sets process-wide malloc
+    thresholds (template/host_memory.py), and no loop should inherit another's allocator or import state."""
+    result = out_dir.with_suffix(".json")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-loop", loop, "--worker-model", spec.name,
+           "--worker-out", str(result), "--threads", str(args.threads), "--device", device.type,
+           *([f"--worker-measured={spec.measured}", f"--worker-warmup={spec.warmup}"] if args.quick else [])]
+    env = child_env(args.threads, **({"CUDA_VISIBLE_DEVICES": ""} if device.type == "cpu" else {}))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    data = json.loads(result.read_text())
+    return data["rates"], data["info"]
+
+
+def run_loop_worker(args: argparse.Namespace) -> None:
+    """`--worker-loop LOOP --worker-model M --worker-out FILE`: one timed run, written as JSON."""
+    spec = SPECS[args.worker_model]
+    if args.worker_measured:
+        spec = replace(spec, warmup=args.worker_warmup, measured=args.worker_measured)
+    out = Path(args.worker_out)
+    cfg = bench_config(spec, spec.steps, out.with_suffix(""))
+    warnings.filterwarnings("ignore")
+    rates, info = timed_run(args.worker_loop, spec, cfg, torch.device(args.device), args.threads)
+    out.write_text(json.dumps({"rates": rates, "info": info}))
+
+
 def section_throughput(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
-    loops = ["raw", "trainer", "accelerate"]
+    loops = ["raw", "raw_tuned", "trainer", "accelerate"]
     notes = []
     if args.lightning and lightning_available():
         loops.append("lightning")
@@ -414,15 +455,14 @@ def section_throughput(args: argparse.Namespace, device: torch.device, workdir: 
             order = loops[r % len(loops):] + loops[:r % len(loops)]
             digests = {}
             for loop in order:
-                cfg = bench_config(spec, spec.steps, workdir / f"{spec.name}-{loop}-{r}")
-                rates, info = timed_run(loop, spec, cfg, device, args.threads)
+                rates, info = loop_in_process(args, loop, spec, workdir / f"{spec.name}-{loop}-{r}", device)
                 runs[loop].append(rates)
                 digests[loop] = info.get("param_digest")
                 if "threads_changed_to" in info:
                     notes.append(f"{loop} changed torch threads to {info['threads_changed_to']}")
                 print(f"  {spec.name:5s} repeat {r + 1}/{args.repeats} {loop:10s} {rates['wall']:10.1f} updates/s "
                       f"({rates['cpu']:.1f} per CPU-s)", flush=True)
-            same_params.append(digests["raw"] == digests["trainer"])
+            same_params.append(digests["raw"] == digests["trainer"] == digests["raw_tuned"])
         result["models"][spec.name] = {"spec": asdict(spec), **compare(runs, "trainer"),
                                        "same_params_as_trainer": all(same_params)}
     return result
@@ -988,6 +1028,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-lightning", dest="lightning", action="store_false", help="skip the Lightning loop")
     p.add_argument("--quick", action="store_true", help="a smoke run: few steps, one repeat, small model only")
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    p.add_argument("--worker-loop", choices=tuple(LOOPS), help=argparse.SUPPRESS)
+    p.add_argument("--worker-model", choices=tuple(SPECS), default="small", help=argparse.SUPPRESS)
+    p.add_argument("--worker-measured", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--worker-warmup", type=int, default=10, help=argparse.SUPPRESS)
     p.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1014,6 +1057,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.worker_loop:
+        run_loop_worker(args)
+        return {}
     if args.worker_out:
         run_worker(args)
         return {}

@@ -95,6 +95,7 @@ class TrainConfig:
     nonfinite: str = "stop"
     progress: bool = True
     plots: bool = True
+    keep_freed_memory: bool = True  # glibc keeps freed host memory for the next update (template/host_memory.py)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from template import checkpoint, nonfinite
+from template import checkpoint, host_memory, nonfinite
 from template.config import Config, ConfigError
 from template.data import DATASETS, GlobalBatchSampler, make_eval_loader, make_loader
 from template.distributed import (
@@ -111,6 +111,8 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loss_fn: nn.Module, loa
 
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) the training described by `cfg` on however many processes were launched."""
+    if cfg.train.keep_freed_memory:
+        host_memory.keep_freed_memory()  # before the first tensors: no page faults on every update's activations
     accelerator = make_accelerator(cfg.train.mixed_precision, log_with="wandb" if cfg.tracking.wandb else None)
     parts = build_parts(cfg, accelerator.num_processes)
     out = prepare_output_dir(cfg)
