@@ -22,6 +22,7 @@ from torch import nn
 from template import nonfinite
 
 PASS_THROUGH = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+NO_CONTEXT = nullcontext()  # reusable, so no-op contexts cost no object per micro-batch
 
 
 class UpdateStep:
@@ -31,10 +32,11 @@ class UpdateStep:
         self.accum, self.clip, self.skip_nonfinite = accum, clip, skip_nonfinite
         self.device = accelerator.device
         self.non_blocking = self.device.type == "cuda"
+        self._move = self.device.type != "cpu"  # batches are built on the CPU: nothing to move there
         direct = accelerator.scaler is None and accelerator.distributed_type in PASS_THROUGH
         self._step_optimizer = optimizer.optimizer if direct else optimizer
         self._backward = torch.Tensor.backward if direct else accelerator.backward
-        self._autocast = accelerator.autocast if accelerator.native_amp else nullcontext
+        self._autocast = accelerator.autocast if accelerator.native_amp else lambda: NO_CONTEXT
         self._params = list(model.parameters())
         self._direct = direct
 
@@ -49,9 +51,10 @@ class UpdateStep:
         total: torch.Tensor | None = None
         for micro in range(self.accum):
             x, y = next(batches)
-            x, y = x.to(self.device, non_blocking=self.non_blocking), y.to(self.device, non_blocking=self.non_blocking)
+            if self._move:
+                x, y = (t.to(self.device, non_blocking=self.non_blocking) for t in (x, y))
             # gradients are all-reduced once per update, on the last micro-batch
-            sync = nullcontext() if micro == self.accum - 1 else self.accelerator.no_sync(self.model)
+            sync = NO_CONTEXT if micro == self.accum - 1 else self.accelerator.no_sync(self.model)
             with sync, self._autocast():
                 loss = self.loss_fn(self.model(x), y)
                 if self.accum > 1:
