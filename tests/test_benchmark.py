@@ -33,7 +33,7 @@ def test_quick_benchmark_writes_every_number(tmp_path):
     assert "lightning" not in throughput["loops"]
     assert list(throughput["models"]) == ["small"]
     small = throughput["models"]["small"]
-    for loop in ("raw", "trainer", "accelerate"):
+    for loop in ("raw", "raw_tuned", "trainer", "accelerate"):
         assert positive(small["updates_per_s"][loop]["median"])
         assert positive(small["cpu_updates_per_s"][loop]["median"])
         assert positive(small["update_time_us"][loop])
