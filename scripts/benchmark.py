@@ -214,6 +214,14 @@ def child_env(threads: int, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_worker_process(cmd: list[str], env: dict[str, str], result: Path) -> dict[str, Any]:
+    """Run a worker command (this script in a worker mode, maybe under a launcher); return the JSON it wrote."""
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return json.loads(result.read_text())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # configs
 
@@ -410,7 +418,7 @@ def compare(runs: dict[str, list[dict[str, float]]], base: str) -> dict[str, Any
     return out
 
 
-def loop_in_process(args: argparse.Namespace, loop: str, spec: ModelSpec, out_dir: Path,
+def loop_in_worker(args: argparse.Namespace, loop: str, spec: ModelSpec, out_dir: Path,
                     device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
     """One timed run of `loop` in a fresh interpreter (`--worker-loop`): the trainer sets process-wide malloc
     thresholds (template/host_memory.py), and no loop should inherit another's allocator or import state."""
@@ -419,10 +427,7 @@ def loop_in_process(args: argparse.Namespace, loop: str, spec: ModelSpec, out_di
            "--worker-out", str(result), "--threads", str(args.threads), "--device", device.type,
            *([f"--worker-measured={spec.measured}", f"--worker-warmup={spec.warmup}"] if args.quick else [])]
     env = child_env(args.threads, **({"CUDA_VISIBLE_DEVICES": ""} if device.type == "cpu" else {}))
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-    data = json.loads(result.read_text())
+    data = run_worker_process(cmd, env, result)
     return data["rates"], data["info"]
 
 
@@ -455,7 +460,7 @@ def section_throughput(args: argparse.Namespace, device: torch.device, workdir: 
             order = loops[r % len(loops):] + loops[:r % len(loops)]
             digests = {}
             for loop in order:
-                rates, info = loop_in_process(args, loop, spec, workdir / f"{spec.name}-{loop}-{r}", device)
+                rates, info = loop_in_worker(args, loop, spec, workdir / f"{spec.name}-{loop}-{r}", device)
                 runs[loop].append(rates)
                 digests[loop] = info.get("param_digest")
                 if "threads_changed_to" in info:
@@ -702,10 +707,7 @@ def worker_run(args: argparse.Namespace, spec: ModelSpec, out_dir: Path, extra: 
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", str(nproc),
                "--main_process_port", str(free_port()), *worker]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-    return json.loads(result.read_text())
+    return run_worker_process(cmd, env, result)
 
 
 def ab_runs(args: argparse.Namespace, spec: ModelSpec, workdir: Path, name: str, variants: dict[str, list[str]],

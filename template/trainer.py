@@ -195,7 +195,7 @@ def train(cfg: Config) -> dict[str, Any]:
         progress.update(1)
 
         # a stop request is agreed on at log steps (a collective under DDP), at every update otherwise
-        preempted = stop.signal is not None if world == 1 else logging and stop.agreed(accelerator)
+        preempted = (world == 1 or logging) and stop.agreed(accelerator)
         if preempted or (t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.max_steps)):
             nonfinite.assert_finite(model)
             checkpoint.save_checkpoint(accelerator, out, step, {

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.e2e
 SCRIPT = ROOT / "tests" / "plugins" / "host_reads.py"
 STEPS, LOG_EVERY = 30, 10
 CPU_ONLY = {"optim.py:draw_factor"}  # a CPU generator's scalar: no device involved
+RUN = (f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}", "tracking.wandb=false", "train.plots=false",
+       "train.eval_every=0", "train.checkpoint_every=0")
 
 
 def reads_by_update(path: Path) -> dict[int, set[str]]:
@@ -42,17 +44,14 @@ def check(found: dict[int, set[str]]) -> None:
 @pytest.mark.parametrize("extra", [(), ("train.clip_grad_norm=0", "tracking.log_grad_norm=true")])
 def test_only_log_updates_read_values(tmp_path, extra):
     out = tmp_path / "reads.json"
-    run_train(str(out), f"output_dir={tmp_path / 'run'}", f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}",
-              "tracking.wandb=false", "train.plots=false", "train.eval_every=0", "train.checkpoint_every=0",
-              *extra, script=SCRIPT)
+    run_train(str(out), f"output_dir={tmp_path / 'run'}", *RUN, *extra, script=SCRIPT)
     check(reads_by_update(out))
 
 
 @pytest.mark.ddp
 def test_only_log_updates_read_values_under_ddp(tmp_path):
     out = tmp_path / "reads.json"
-    run_train(str(out), f"output_dir={tmp_path / 'run'}", f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}",
-              "tracking.wandb=false", "train.plots=false", "train.eval_every=0", "train.checkpoint_every=0",
-              f"distributed.sync_check_every={LOG_EVERY}", launcher="accelerate", nproc=2, script=SCRIPT)
+    run_train(str(out), f"output_dir={tmp_path / 'run'}", *RUN, f"distributed.sync_check_every={LOG_EVERY}",
+              launcher="accelerate", nproc=2, script=SCRIPT)
     for rank in range(2):
         check(reads_by_update(out.with_suffix(f".{rank}.json")))

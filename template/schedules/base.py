@@ -59,9 +59,10 @@ class LRSchedule:
         self.monitor = monitor
         self.needs_metric = needs_metric(strategy)
         self.group_names = [str(g.get("name", i)) for i, g in enumerate(optimizer.param_groups)]
+        torch_scheduler = isinstance(strategy, torch.optim.lr_scheduler.LRScheduler)
         # the common case, decided once rather than on every update: a torch scheduler fed nothing
-        self._plain_torch = isinstance(strategy, torch.optim.lr_scheduler.LRScheduler) and not self.needs_metric
-        if not isinstance(strategy, torch.optim.lr_scheduler.LRScheduler) and not self.needs_metric:
+        self._plain_torch = torch_scheduler and not self.needs_metric
+        if not torch_scheduler and not self.needs_metric:
             strategy.step(update=0, epoch=0, metric=None)  # type: ignore[attr-defined]  # lr of update 1
 
     def lrs(self) -> dict[str, float]:
