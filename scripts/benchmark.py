@@ -2,10 +2,11 @@
 """Benchmark the template's trainer against hand-written loops, and its side costs.
 
     python scripts/benchmark.py [--out bench.json] [--threads 1] [--device cpu|cuda] [--repeats 5]
-                                [--sections throughput,optimizer,overhead,gpu_sync,sync,wandb,startup] [--quick]
+                                [--sections throughput,optimizer,overhead,gpu_sync,sync,wandb,startup,gpt] [--quick]
+                                [--no-lightning] [--no-compile]
 
 Sections (all by default; `--quick`: few steps, one repeat, small model only, no Lightning, no
-2-process or W&B runs):
+2-process or W&B runs, the GPT with compile off only):
 
 - throughput: optimizer updates per second of `template.trainer.train(cfg)` (called in a worker process on a
   config from `load_config(configs/default.yaml, overrides)`: no W&B, no progress bar, no checkpoints,
@@ -62,9 +63,31 @@ Sections (all by default; `--quick`: few steps, one repeat, small model only, no
   for its heaviest imports); and the first `torch.optim.Optimizer` of a process, which imports
   torch._dynamo (every loop pays it once).
 
+- gpt: tokens per second of the trainer on configs/gpt.yaml (its GPT, byte tokens memmapped from
+  train.bin, AdamW with the `no_decay` group, warmup-cosine lr, clip 1.0; overrides as in throughput)
+  against, on the same model, data order, optimizer, lr and seed:
+    nanogpt    a nanoGPT-style hand-written loop (run_nanogpt, readable on its own): model built after
+               torch.manual_seed, batches gathered from the memmap's windows in GlobalBatchSampler's
+               order, AdamW on two hand-made param groups, lr set on the param groups before each update by
+               the WarmupCosineLR formula, clip_grad_norm_, zero_grad(set_to_none=True), `loss.item()`
+               every 10 updates. Same training, so it must end with the trainer's exact parameters
+               (`same_params_as_trainer`, per mode).
+  each with compile off (`eager`) and on (`compile`: train.compile=true for the trainer, the same in-place
+  `model.compile()` for the raw loop), the four runs of a repeat in rotated order, timed as above (tokens/s
+  = updates/s x batch x block). Compile time stays out of the rate (it falls in the warm-up updates) and
+  is reported apart: each compiled run starts with an empty inductor cache (TORCHINDUCTOR_CACHE_DIR), so
+  its first update is a cold compile (`first_update_s`; the trainer's from its summary.json); compile
+  on/off speedup per loop is the median of per-repeat ratios. The model: on CPU configs/gpt.yaml's as
+  shipped (4 layers, 4 heads, 128 wide, block 128), batch 16; with `--device cuda` GPT-2 small's shape
+  (12 x 12 x 768, block 1024, byte vocabulary), batch 16, bf16 (train.mixed_precision=bf16, torch.autocast
+  in the raw loop), with MFU where the GPU's peak is known (template/throughput.py) beside the trainer's
+  own logged tokens/s and MFU. Token files: data/stdlib_bytes if scripts/prepare_text.py wrote it, else
+  prepared into the work dir. `--no-compile` (and `--quick`): compile off only.
+
 Targets (PASS/FAIL in the table and in the JSON): trainer >= 0.95x raw (small) and >= 0.98x raw (mid),
-faster than plain Accelerate and Lightning on both; RandomScaledSGD.step <= 1.0x SGD(foreach=True);
-lr sync check and W&B logging each <= 2% of the update time at the default cadence.
+faster than plain Accelerate and Lightning on both; trainer >= 0.98x the nanoGPT loop's tokens/s with
+compile off and on; RandomScaledSGD.step <= 1.0x SGD(foreach=True); lr sync check and W&B logging each
+<= 2% of the update time at the default cadence.
 """
 
 from __future__ import annotations
@@ -87,11 +110,13 @@ if _requested_device(sys.argv[1:]) == "cpu" and "--worker-out" not in sys.argv:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import argparse  # noqa: E402
+import fnmatch  # noqa: E402
 import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
@@ -114,8 +139,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 
 from template.config import DEFAULT_CONFIG, Config, load_config  # noqa: E402
 
-SECTIONS = ("throughput", "optimizer", "overhead", "gpu_sync", "sync", "wandb", "startup")
-QUICK_SECTIONS = ("throughput", "optimizer", "overhead", "startup")
+SECTIONS = ("throughput", "optimizer", "overhead", "gpu_sync", "sync", "wandb", "startup", "gpt")
+QUICK_SECTIONS = ("throughput", "optimizer", "overhead", "startup", "gpt")
 LOG_EVERY = 10  # the trainer's default cadence; every loop reads the loss this often
 
 
@@ -138,6 +163,36 @@ class ModelSpec:
 SPECS = {
     "small": ModelSpec("small", in_features=8, hidden=64, depth=2, batch=64, warmup=50, measured=1500),
     "mid": ModelSpec("mid", in_features=256, hidden=1024, depth=4, batch=256, warmup=5, measured=100),
+}
+
+
+@dataclass(frozen=True)
+class GPTSpec:
+    """The gpt section's model (configs/gpt.yaml's GPT, resized) and batch, per device."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    batch: int
+    warmup: int  # updates excluded from the timing: with compile on, the first one compiles
+    measured: int  # timed updates (a multiple of LOG_EVERY)
+    name: str = "gpt"
+
+    @property
+    def steps(self) -> int:
+        return self.warmup + self.measured
+
+    @property
+    def tokens_per_update(self) -> int:
+        return self.batch * self.block_size
+
+
+GPT_SPECS = {
+    # configs/gpt.yaml's model as shipped, batch 16: ~0.14 s an update on one core
+    "cpu": GPTSpec(n_layer=4, n_head=4, n_embd=128, block_size=128, batch=16, warmup=10, measured=100),
+    # GPT-2 small's shape (with the byte vocabulary, 256), 16 x 1024 tokens an update in bf16
+    "cuda": GPTSpec(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch=16, warmup=10, measured=50),
 }
 
 
@@ -311,7 +366,7 @@ def run_trainer(cfg: Config, device: torch.device) -> dict[str, Any]:
     from template.trainer import train
 
     summary = train(cfg)
-    return {"param_digest": summary["param_digest"]}
+    return {"param_digest": summary["param_digest"], "first_update_s": summary["first_update_s"]}
 
 
 def run_accelerate(cfg: Config, device: torch.device) -> dict[str, Any]:
@@ -383,7 +438,7 @@ LOOPS: dict[str, Callable[[Config, torch.device], dict[str, Any]]] = {
 }
 
 
-def timed_run(loop: str, spec: ModelSpec, cfg: Config, device: torch.device,
+def timed_run(loop: str, spec: ModelSpec | GPTSpec, cfg: Config, device: torch.device,
               threads: int) -> tuple[dict[str, float], dict[str, Any]]:
     torch.set_num_threads(threads)
     gc.collect()
@@ -418,28 +473,37 @@ def compare(runs: dict[str, list[dict[str, float]]], base: str) -> dict[str, Any
     return out
 
 
-def loop_in_worker(args: argparse.Namespace, loop: str, spec: ModelSpec, out_dir: Path,
-                    device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
+def loop_in_worker(args: argparse.Namespace, loop: str, spec: ModelSpec | GPTSpec, out_dir: Path,
+                   device: torch.device, extra: list[str] | None = None,
+                   **env: str) -> tuple[dict[str, float], dict[str, Any]]:
     """One timed run of `loop` in a fresh interpreter (`--worker-loop`): the trainer sets process-wide malloc
     thresholds (template/host_memory.py), and no loop should inherit another's allocator or import state."""
     result = out_dir.with_suffix(".json")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-loop", loop, "--worker-model", spec.name,
            "--worker-out", str(result), "--threads", str(args.threads), "--device", device.type,
-           *([f"--worker-measured={spec.measured}", f"--worker-warmup={spec.warmup}"] if args.quick else [])]
-    env = child_env(args.threads, **({"CUDA_VISIBLE_DEVICES": ""} if device.type == "cpu" else {}))
+           *([f"--worker-measured={spec.measured}", f"--worker-warmup={spec.warmup}"] if args.quick else []),
+           *(extra or [])]
+    env = child_env(args.threads, **({"CUDA_VISIBLE_DEVICES": ""} if device.type == "cpu" else {}), **env)
     data = run_worker_process(cmd, env, result)
     return data["rates"], data["info"]
 
 
 def run_loop_worker(args: argparse.Namespace) -> None:
     """`--worker-loop LOOP --worker-model M --worker-out FILE`: one timed run, written as JSON."""
-    spec = SPECS[args.worker_model]
+    gpt = args.worker_model == "gpt"
+    spec: ModelSpec | GPTSpec = GPT_SPECS[args.device] if gpt else SPECS[args.worker_model]
     if args.worker_measured:
         spec = replace(spec, warmup=args.worker_warmup, measured=args.worker_measured)
     out = Path(args.worker_out)
-    cfg = bench_config(spec, spec.steps, out.with_suffix(""))
+    device = torch.device(args.device)
+    if isinstance(spec, GPTSpec):
+        cfg = gpt_config(spec, out.with_suffix(""), args.worker_data, args.worker_compile, device)
+    else:
+        cfg = bench_config(spec, spec.steps, out.with_suffix(""))
     warnings.filterwarnings("ignore")
-    rates, info = timed_run(args.worker_loop, spec, cfg, torch.device(args.device), args.threads)
+    rates, info = timed_run(args.worker_loop, spec, cfg, device, args.threads)
+    if gpt and args.worker_loop == "trainer":
+        info["logged"] = logged_rates(Path(cfg.output_dir), spec.warmup)
     out.write_text(json.dumps({"rates": rates, "info": info}))
 
 
@@ -637,7 +701,7 @@ def section_overhead(args: argparse.Namespace, device: torch.device, workdir: Pa
     def log_row() -> None:  # what the trainer does once per log_every updates, W&B off
         loss_value = loss_t.item()
         lrs = schedule.lrs()
-        tracker.log(training_row(10, lrs, loss_value, 0.1, 1.0, grad_norm))
+        tracker.log(training_row(10, lrs, loss_value, 0.1, {"samples_per_s": 1.0}, grad_norm))
         progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{next(iter(lrs.values())):.3g}", refresh=False)
 
     def raw_log() -> None:
@@ -885,6 +949,207 @@ def section_startup(args: argparse.Namespace, device: torch.device, workdir: Pat
 
 
 # ---------------------------------------------------------------------------------------------------------
+# 5. a GPT: the trainer against a nanoGPT-style loop, torch.compile off and on
+
+GPT_CONFIG = ROOT / "configs" / "gpt.yaml"
+# The hand-written loop's parameters without weight decay, the way configs/gpt.yaml's `no_decay` group names them.
+NO_DECAY_PATTERNS = ["*.bias", "*ln_*", "transformer.wpe.weight"]
+
+
+def gpt_config(spec: GPTSpec, output_dir: Path | str, data_dir: Path | str, compile_model: bool,
+               device: torch.device) -> Config:
+    """configs/gpt.yaml on `spec`'s model and batch, stripped of everything but training and logging."""
+    overrides = [
+        f"output_dir={output_dir}", "train.resume=none", f"train.max_steps={spec.steps}",
+        f"train.batch_size={spec.batch}", f"model.kwargs.n_layer={spec.n_layer}", f"model.kwargs.n_head={spec.n_head}",
+        f"model.kwargs.n_embd={spec.n_embd}", f"model.kwargs.block_size={spec.block_size}",
+        f"data.kwargs.dir={data_dir}",
+        "tracking.wandb=false", "train.progress=false", "train.checkpoint_every=0", "train.eval_every=0",
+        "train.plots=false", f"train.log_every={LOG_EVERY}", f"train.compile={str(compile_model).lower()}",
+        *(["train.mixed_precision=bf16"] if device.type == "cuda" else []),
+    ]
+    cfg = load_config(GPT_CONFIG, overrides)
+    if cfg.scheduler.kwargs["warmup_steps"] >= spec.steps:  # --quick: fewer updates than the config's lr warm-up
+        cfg = load_config(GPT_CONFIG, [*overrides, f"scheduler.kwargs.warmup_steps={spec.steps // 2}"])
+    s, o = cfg.scheduler, cfg.optimizer
+    groups = [(g.name, g.params, g.lr, g.weight_decay) for g in o.groups]
+    if ((s.strategy, s.name, s.interval, o.name, cfg.loss.name, cfg.model.name, cfg.data.name) != (
+            "subclass", "warmup_cosine", "step", "adamw", "next_token", "gpt", "tokens")
+            or groups != [("no_decay", NO_DECAY_PATTERNS, None, 0.0)] or cfg.model.kwargs["dropout"]
+            or cfg.train.grad_accum_steps != 1 or not cfg.train.clip_grad_norm):
+        raise SystemExit(f"error: the nanoGPT-style loop assumes configs/gpt.yaml's parts, got {cfg}")
+    return cfg
+
+
+def run_nanogpt(cfg: Config, device: torch.device) -> dict[str, Any]:
+    """nanoGPT's training loop (train.py), cut down to what configs/gpt.yaml does; it reads on its own.
+
+    The same training as `template.trainer.train(cfg)`, so that the two end with the same parameters:
+    the model is built right after seeding torch with the run's seed; the batches are the same windows
+    of `block_size + 1` tokens of the memmapped train.bin in the same order (epoch e is a permutation of
+    the window ids seeded with seed * 100_003 + e, as GlobalBatchSampler draws it, where nanoGPT draws
+    random offsets); AdamW on two parameter groups (no weight decay on biases, LayerNorms and the
+    position embedding); the lr of WarmupCosineLR set by hand before each update (nanoGPT's `get_lr`);
+    clipping; the loss read on the host only every LOG_EVERY updates. `train.compile` compiles the model
+    in place (as the trainer does: parameter names stay plain); on CUDA the forward runs under bf16 autocast.
+    """
+    import numpy as np
+    import torch.nn.functional as F
+
+    from template.distributed import param_digest
+    from template.gpt import GPT
+
+    opt, lr_kw, t = cfg.optimizer, cfg.scheduler.kwargs, cfg.train
+    block_size, batch_size = cfg.model.kwargs["block_size"], t.batch_size
+    data_dir = Path(cfg.data.kwargs["dir"])
+    dtype = np.dtype(json.loads((data_dir / "meta.json").read_text())["dtype"])  # nanoGPT reads meta.pkl
+    num_windows = ((data_dir / "train.bin").stat().st_size // dtype.itemsize - 1) // block_size
+    cuda = device.type == "cuda"
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(**cfg.model.kwargs).to(device)
+    if t.compile:
+        model.compile()
+    decay = [p for n, p in model.named_parameters() if not any(fnmatch.fnmatchcase(n, g) for g in NO_DECAY_PATTERNS)]
+    no_decay = [p for n, p in model.named_parameters() if any(fnmatch.fnmatchcase(n, g) for g in NO_DECAY_PATTERNS)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=opt.lr, **opt.kwargs)
+
+    def get_lr(it: int) -> float:  # WarmupCosineLR's lr for update `it` (0-based), the same float ops
+        warmup, total, min_ratio = lr_kw["warmup_steps"], lr_kw["total_steps"], lr_kw["min_lr_ratio"]
+        if it < warmup:
+            return opt.lr * ((it + 1) / warmup)
+        progress = min(1.0, (it - warmup) / (total - warmup))
+        return opt.lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def get_batch(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        data = np.memmap(data_dir / "train.bin", dtype=dtype, mode="r")  # nanoGPT maps the file anew per batch
+        starts = (windows * block_size).tolist()
+        x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in starts])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in starts])
+        if cuda:
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x, y
+
+    params = list(model.parameters())
+    model.train()
+    step, started, first_update_s = 0, time.perf_counter(), 0.0
+    for epoch in itertools.count():
+        order = torch.randperm(num_windows, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        for u in range(num_windows // batch_size):
+            lr = get_lr(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = get_batch(order[u * batch_size:(u + 1) * batch_size])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.mixed_precision == "bf16"):
+                logits = model(x)
+                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step == 1:
+                first_update_s = time.perf_counter() - started  # with compile on: the compile time
+            if step % LOG_EVERY == 0:
+                _ = loss.item(), grad_norm.item()
+            if step == t.max_steps:
+                return {"param_digest": param_digest(model), "first_update_s": first_update_s}
+    raise AssertionError("unreachable")
+
+
+LOOPS["nanogpt"] = run_nanogpt
+
+
+def logged_rates(output_dir: Path, warmup: int) -> dict[str, float]:
+    """Medians of the rates in the trainer's own metrics.jsonl rows after the warm-up (tokens/s, MFU)."""
+    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line]
+    rows = [r for r in rows if r.get("step", 0) > warmup and "tokens_per_s" in r]
+    return {k: statistics.median(r[k] for r in rows) for k in ("tokens_per_s", "mfu") if rows and k in rows[0]}
+
+
+def token_data(workdir: Path) -> Path:
+    """Byte-level token files: data/stdlib_bytes when scripts/prepare_text.py wrote it there, else written now."""
+    shipped = ROOT / "data" / "stdlib_bytes"
+    meta = shipped / "meta.json"
+    if (shipped / "train.bin").is_file() and meta.is_file() and json.loads(meta.read_text()).get("dtype") == "uint8":
+        return shipped
+    out = workdir / "stdlib_bytes"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_text.py"), "--out", str(out)], cwd=ROOT,
+                   check=True, capture_output=True, timeout=300)
+    return out
+
+
+def section_gpt(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
+    """Tokens/s of the trainer and of the nanoGPT-style loop on the same GPT, compile off and on, side by side.
+
+    Every run is a fresh worker process timed as in the throughput section; each repeat runs every
+    (loop, mode) once, in rotated order. With compile on, each run gets an empty inductor cache
+    (TORCHINDUCTOR_CACHE_DIR), so its first update is a cold compile: that time is reported apart
+    (`first_update_s`) and the warm-up updates keep it out of the rate.
+    """
+    from template.gpt import GPT
+    from template.throughput import device_peak_flops
+
+    spec = args.gpt_spec
+    data_dir = token_data(workdir)
+    modes = ["eager", "compile"] if args.compile and not args.quick else ["eager"]
+    variants = [(mode, loop) for mode in modes for loop in ("nanogpt", "trainer")]
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {v: [] for v in variants}
+    first_update: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+    logged: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    same_params: dict[str, list[bool]] = {mode: [] for mode in modes}
+    for r in range(args.repeats):
+        digests: dict[tuple[str, str], str] = {}
+        for mode, loop in variants[r % len(variants):] + variants[:r % len(variants)]:
+            name = f"gpt-{mode}-{loop}-{r}"
+            env = {"TORCHINDUCTOR_CACHE_DIR": str(workdir / f"{name}-inductor")} if mode == "compile" else {}
+            rates, info = loop_in_worker(args, loop, spec, workdir / name, device,
+                                         [f"--worker-data={data_dir}", *(["--worker-compile"] if mode == "compile"
+                                                                         else [])], **env)
+            runs[mode, loop].append(rates)
+            first_update[mode, loop].append(info["first_update_s"])
+            digests[mode, loop] = info["param_digest"]
+            if "logged" in info:
+                logged[mode].append(info["logged"])
+            print(f"  gpt   repeat {r + 1}/{args.repeats} {mode:8s} {loop:8s} "
+                  f"{rates['wall'] * spec.tokens_per_update:10.0f} tokens/s ({rates['wall']:.2f} updates/s, "
+                  f"{rates['cpu']:.2f} per CPU-s; first update {info['first_update_s']:.2f} s)", flush=True)
+        for mode in modes:
+            same_params[mode].append(digests[mode, "nanogpt"] == digests[mode, "trainer"])
+
+    with torch.device("meta"):  # the model's FLOPs per token (6N + 12LHQT), without allocating it
+        flops_per_token = GPT(**gpt_config(spec, workdir, data_dir, False, device).model.kwargs).flops_per_token()
+    peak = device_peak_flops(device)
+    result: dict[str, Any] = {"spec": asdict(spec), "tokens_per_update": spec.tokens_per_update, "modes": {},
+                              "flops_per_token": flops_per_token, "peak_flops": peak,
+                              "mixed_precision": "bf16" if device.type == "cuda" else None}
+    for mode in modes:
+        cmp = compare({loop: runs[mode, loop] for loop in ("nanogpt", "trainer")}, "trainer")
+        tokens = {loop: summarize([r["wall"] * spec.tokens_per_update for r in runs[mode, loop]])
+                  for loop in ("nanogpt", "trainer")}
+        result["modes"][mode] = {
+            "tokens_per_s": tokens, **cmp,
+            "first_update_s": {loop: statistics.median(first_update[mode, loop]) for loop in ("nanogpt", "trainer")},
+            "same_params_as_trainer": all(same_params[mode]),
+            "trainer_logged": {k: statistics.median(x[k] for x in logged[mode]) for k in logged[mode][0]}
+            if logged[mode] else {},
+        }
+        if peak:
+            result["modes"][mode]["mfu"] = {loop: v["median"] * flops_per_token / peak for loop, v in tokens.items()}
+    if "compile" in modes:  # compiled / eager tokens/s, median of the per-repeat ratios (same repeat, same loop)
+        result["compile_speedup"] = {
+            loop: statistics.median(c["wall"] / e["wall"] for c, e in zip(runs["compile", loop], runs["eager", loop],
+                                                                            strict=True))
+            for loop in ("nanogpt", "trainer")}
+        result["compile_s"] = {loop: result["modes"]["compile"]["first_update_s"][loop]
+                               - result["modes"]["eager"]["first_update_s"][loop] for loop in ("nanogpt", "trainer")}
+    else:
+        result["notes"] = ["compile off only (--quick / --no-compile)"]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
 # report
 
 
@@ -902,6 +1167,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             key = f"trainer_vs_{loop}"
             if key in r:
                 check(f"{name}: trainer / {loop} updates/s", r[key], ">=", bound, c[key], "per CPU-second")
+    for mode, m in results.get("gpt", {}).get("modes", {}).items():
+        check(f"gpt ({mode}): trainer / nanoGPT loop tokens/s", m["ratios"]["trainer_vs_nanogpt"], ">=", 0.98,
+              m["cpu_ratios"]["trainer_vs_nanogpt"], "per CPU-second")
     if "optimizer" in results:
         o = results["optimizer"]
         check("RandomScaledSGD.step / SGD(foreach) step time", o["ratios"]["random_scaled_sgd_vs_sgd_foreach"],
@@ -1011,6 +1279,34 @@ def print_report(results: dict[str, Any]) -> None:
         print("  heaviest (cumulative): " + ", ".join(f"{n} {s:.2f} s" for n, s in imp["heaviest_s"].items()))
         print("first torch.optim.Optimizer in a process (imports torch._dynamo): "
               f"{imp['first_torch_optimizer_s']:.2f} s")
+    if "gpt" in results:
+        g = results["gpt"]
+        s = g["spec"]
+        print(f"\n-- gpt: trainer vs nanoGPT-style loop (n_layer {s['n_layer']}, n_head {s['n_head']}, n_embd "
+              f"{s['n_embd']}, block {s['block_size']}, batch {s['batch']} = {g['tokens_per_update']} tokens an update"
+              f"{', bf16' if g['mixed_precision'] else ''}; {s['measured']} timed updates after {s['warmup']} warm-up)")
+        print(f"{'mode':8s} {'loop':8s} {'tokens/s':>10s} {'min':>9s} {'max':>9s} {'ms/update':>10s} "
+              f"{'trainer is':>10s} {'(per repeat)':>13s} {'per CPU-s':>10s} {'1st update':>10s}"
+              + (f" {'MFU':>6s}" if g["peak_flops"] else ""))
+        for mode, m in g["modes"].items():
+            for loop, v in m["tokens_per_s"].items():
+                ratio = spread = ""
+                if loop != "trainer":
+                    ratio = f"{m['ratios']['trainer_vs_' + loop]:.3f}x"
+                    spread = "-".join(f"{f(m['paired_ratios']['trainer_vs_' + loop]):.2f}" for f in (min, max))
+                print(f"{mode:8s} {loop:8s} {v['median']:10.0f} {v['min']:9.0f} {v['max']:9.0f} "
+                      f"{m['update_time_us'][loop] / 1e3:10.1f} {ratio:>10s} {spread:>13s} "
+                      f"{m['cpu_updates_per_s'][loop]['median'] * g['tokens_per_update']:10.0f} "
+                      f"{m['first_update_s'][loop]:9.2f}s" + (f" {m['mfu'][loop]:6.1%}" if "mfu" in m else ""))
+            logged = m["trainer_logged"]
+            print(f"{mode:8s} trainer's own rows: {logged.get('tokens_per_s', float('nan')):.0f} tokens/s"
+                  + (f", MFU {logged['mfu']:.1%}" if "mfu" in logged else "")
+                  + f"; nanoGPT loop ends with the trainer's exact parameters: {m['same_params_as_trainer']}")
+        if "compile_speedup" in g:
+            print("compile on / off, tokens/s: " + ", ".join(
+                f"{loop} {x:.3f}x (compile {g['compile_s'][loop]:.1f} s)" for loop, x in g["compile_speedup"].items()))
+        for note in g.get("notes", []):
+            print(f"note: {note}")
     print("\n-- targets")
     for t in results["targets"]:
         print(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']:48s} {t['value']:8.4f}  (target {t['bound']}; "
@@ -1028,10 +1324,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"{','.join(QUICK_SECTIONS)})")
     p.add_argument("--models", default=None, help="comma-separated subset of small,mid (default both; --quick: small)")
     p.add_argument("--no-lightning", dest="lightning", action="store_false", help="skip the Lightning loop")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="gpt section: compile off only (as --quick does)")
     p.add_argument("--quick", action="store_true", help="a smoke run: few steps, one repeat, small model only")
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--worker-loop", choices=tuple(LOOPS), help=argparse.SUPPRESS)
-    p.add_argument("--worker-model", choices=tuple(SPECS), default="small", help=argparse.SUPPRESS)
+    p.add_argument("--worker-model", choices=(*SPECS, "gpt"), default="small", help=argparse.SUPPRESS)
+    p.add_argument("--worker-data", help=argparse.SUPPRESS)
+    p.add_argument("--worker-compile", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker-measured", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--worker-warmup", type=int, default=10, help=argparse.SUPPRESS)
     p.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
@@ -1048,6 +1348,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(m not in SPECS for m in models):
         p.error(f"--models: choose from {', '.join(SPECS)}")
     args.specs = [replace(SPECS[m], warmup=10, measured=50) if args.quick else SPECS[m] for m in models]
+    args.gpt_spec = replace(GPT_SPECS[args.device], warmup=2, measured=10) if args.quick else GPT_SPECS[args.device]
     if args.quick:
         args.lightning = False
     if args.threads < 1 or args.repeats < 1:
@@ -1086,6 +1387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sync": lambda: section_sync(args, device, workdir),
             "wandb": lambda: section_wandb(args, device, workdir),
             "startup": lambda: section_startup(args, device, workdir),
+            "gpt": lambda: section_gpt(args, device, workdir),
         }
         for section in args.sections:
             print(f"[{section}]", flush=True)
@@ -1101,6 +1403,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **{f"{m}.{k}": v for m, model in results.get("throughput", {}).get("models", {}).items()
            for k, v in model["ratios"].items()},
         **{f"optimizer.{k}": v for k, v in results.get("optimizer", {}).get("ratios", {}).items()},
+        **{f"gpt.{mode}.{k}": v for mode, m in results.get("gpt", {}).get("modes", {}).items()
+           for k, v in m["ratios"].items()},
+        **{f"gpt.compile_speedup.{k}": v for k, v in results.get("gpt", {}).get("compile_speedup", {}).items()},
         **({"sync.check_fraction_at_every_100": results["sync"]["fraction_at_every_100"]} if "sync" in results else {}),
         **({"wandb.fraction_at_log_every_10": results["wandb"]["fraction_at_log_every_10"]}
            if "wandb" in results else {}),

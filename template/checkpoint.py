@@ -22,7 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 from template.config import ConfigError
-from template.distributed import any_rank
+from template.distributed import any_rank, plain_model
 
 TRAINER_STATE = "trainer.pt"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -92,15 +92,21 @@ def check_compatible(path: Path, model: nn.Module) -> None:
     weights = path / "model.safetensors"
     if not weights.is_file():
         return  # not a safetensors checkpoint (e.g. sharded FSDP state): Accelerate checks on load
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in state.items()}
     with safe_open(str(weights), framework="pt") as f:
         saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    # safetensors keeps one name of a tied tensor (the GPT's head is its token embedding): the others are
+    # not missing as long as a name on the same storage was saved
+    storage = {k: v.untyped_storage().data_ptr() for k, v in state.items()}
+    saved_storage = {storage[k] for k in saved.keys() & storage.keys()}
+    missing = sorted(k for k in expected.keys() - saved.keys() if storage[k] not in saved_storage)
+    extra = sorted(saved.keys() - expected.keys())
     if missing or extra:
         raise ConfigError("train.resume", f"checkpoint {path} is from a different model: "
                           f"missing {missing[:3]}, unexpected {extra[:3]}")
     for name, shape in expected.items():
-        if saved[name] != shape:
+        if name in saved and saved[name] != shape:
             raise ConfigError("train.resume", f"checkpoint {path} is from a different model: '{name}' has shape "
                               f"{list(saved[name])} there but {list(shape)} in this config")
 
@@ -131,7 +137,7 @@ def load_checkpoint(accelerator: Accelerator, model: nn.Module, candidates: list
         error: Exception | None = None
         state: dict[str, Any] = {}
         try:
-            check_compatible(path, accelerator.unwrap_model(model))
+            check_compatible(path, plain_model(accelerator, model))
             state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
         except ConfigError:
             raise

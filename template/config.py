@@ -96,6 +96,8 @@ class TrainConfig:
     progress: bool = True
     plots: bool = True
     keep_freed_memory: bool = True  # glibc keeps freed host memory for the next update (template/host_memory.py)
+    compile: bool = False  # torch.compile the model (template/compile.py)
+    peak_flops: float = 0.0  # one device's peak FLOP/s for MFU; 0: known GPUs' bf16 peak, none on CPU
 
 
 @dataclass
@@ -217,6 +219,7 @@ def validate(cfg: Config) -> None:
         _check(value >= 0, f"train.{key}", f"must be >= 0, got {value}")
     _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
+    _check(t.peak_flops >= 0, "train.peak_flops", f"must be >= 0 (0: look the device up), got {t.peak_flops}")
     _check(t.clip_grad_norm >= 0, "train.clip_grad_norm", f"must be >= 0 (0 disables), got {t.clip_grad_norm}")
     _check(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
     _check(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")

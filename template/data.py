@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from template.registry import Registry
+from template.tokens import token_files
 
 DATASETS: Registry = Registry("dataset", "data.name")
 
@@ -47,6 +48,9 @@ def synthetic_linear(
         return TensorDataset(x, theta * x + b + noise * torch.randn(n, 1, generator=g))
 
     return make(size), make(eval_size)
+
+
+DATASETS.add("tokens", token_files)  # token files larger than memory (template/tokens.py)
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -111,12 +115,13 @@ class GlobalBatchSampler(Sampler[list[int]]):
 def make_loader(dataset: Dataset, sampler: Sampler[list[int]], num_workers: int, pin_memory: bool) -> DataLoader:
     """A DataLoader over `sampler`'s index lists.
 
-    TensorDatasets are indexed with the whole list at once (one gather instead of B `__getitem__`
-    calls and a collate), which is most of the input pipeline's cost for small models.
+    TensorDatasets, and datasets that say `batched_indexing = True` (token files), are indexed with the
+    whole list at once (one gather instead of B `__getitem__` calls and a collate), which is most of the
+    input pipeline's cost for small models.
     """
     if isinstance(dataset, TensorDataset) and num_workers == 0 and not pin_memory:
         return TensorBatches(dataset, sampler)  # type: ignore[return-value]
-    if isinstance(dataset, TensorDataset):
+    if isinstance(dataset, TensorDataset) or getattr(dataset, "batched_indexing", False):
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
 

@@ -163,9 +163,15 @@ def param_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def plain_model(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """The user's module: DDP/FSDP wrappers and a `torch.compile` wrapper (Accelerate's `dynamo_backend`,
+    whose names carry `_orig_mod.`) removed, so saved and digested names never depend on either."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
 def replica_digests(accelerator: Accelerator, model: nn.Module) -> list[str]:
     """Every rank's digest, gathered to all ranks (a collective: all ranks must call it)."""
-    return list(gather_object([param_digest(accelerator.unwrap_model(model))]))
+    return list(gather_object([param_digest(plain_model(accelerator, model))]))
 
 
 def first_drift(accelerator: Accelerator, model: nn.Module) -> str | None:
@@ -174,7 +180,7 @@ def first_drift(accelerator: Accelerator, model: nn.Module) -> str | None:
     One all-gather of every rank's per-parameter digests (a collective: all ranks must call it, and
     all get the same answer). Meant for after `replica_digests` disagreed, to name the culprit.
     """
-    params = _parameters(accelerator.unwrap_model(model))
+    params = _parameters(plain_model(accelerator, model))
     local = [(name, hashlib.sha256(_tensor_bytes(tensor)).hexdigest()) for name, tensor in params]
     tables = gather_object([local])  # one list of (name, digest) per rank, in rank order
     for i, (name, _) in enumerate(tables[0]):

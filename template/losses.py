@@ -34,6 +34,23 @@ class SimpleMSELoss(nn.Module):
         return loss
 
 
+@LOSSES.register("next_token")
+class NextTokenLoss(nn.Module):
+    """Cross entropy of (batch, time, vocab) logits against (batch, time) next-token ids, mean over tokens.
+
+    `nn.CrossEntropyLoss` wants the class dimension second; a language model's logits have it last.
+    Targets equal to `ignore_index` (padding) count for nothing.
+    """
+
+    def __init__(self, ignore_index: int = -1) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                           ignore_index=self.ignore_index)
+
+
 LOSSES.add("mse", nn.MSELoss)
 LOSSES.add("l1", nn.L1Loss)
 LOSSES.add("smooth_l1", nn.SmoothL1Loss)

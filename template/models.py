@@ -1,10 +1,11 @@
-"""Models selectable by `model.name`: the tutorial's y = theta*x + b and a small MLP."""
+"""Models selectable by `model.name`: the tutorial's y = theta*x + b, a small MLP and a GPT (`template/gpt.py`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from template.gpt import GPT
 from template.registry import Registry
 
 MODELS: Registry = Registry("model", "model.name")
@@ -43,3 +44,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+MODELS.add("gpt", GPT)

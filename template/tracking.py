@@ -317,11 +317,12 @@ class Tracker:
             self._run = None
 
 
-def training_row(step: int, lrs: dict[str, float], loss: float, epoch: float, samples_per_s: float,
+def training_row(step: int, lrs: dict[str, float], loss: float, epoch: float, rates: dict[str, float],
                  grad_norm: Any = None, skipped: int | None = None) -> dict[str, Any]:
-    """One metrics.jsonl row: `lr` is param group 0's lr used by update `step`, `lr/<group>` every group's."""
+    """One metrics.jsonl row: `lr` is param group 0's lr used by update `step`, `lr/<group>` every group's;
+    `rates` are the throughput keys (samples_per_s, and tokens_per_s / mfu for token models)."""
     row: dict[str, Any] = {"step": step, "lr": next(iter(lrs.values())), **{f"lr/{k}": v for k, v in lrs.items()},
-                           "loss": loss, "epoch": epoch, "samples_per_s": samples_per_s}
+                           "loss": loss, "epoch": epoch, **rates}
     if grad_norm is not None:
         row["grad_norm"] = float(grad_norm)
     if skipped is not None:

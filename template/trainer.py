@@ -24,12 +24,14 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from template import checkpoint, host_memory, nonfinite
+from template.compile import compile_failure, compile_model
 from template.config import Config, ConfigError
 from template.data import DATASETS, GlobalBatchSampler, make_eval_loader, make_loader
 from template.distributed import (
     check_lr_sync,
     first_drift,
     make_accelerator,
+    plain_model,
     replica_digests,
 )
 from template.losses import LOSSES
@@ -37,6 +39,7 @@ from template.models import MODELS
 from template.optim import build_optimizer
 from template.preemption import StopRequest
 from template.schedules import LRSchedule, build_schedule
+from template.throughput import Throughput
 from template.tracking import Tracker, config_yaml, training_row
 from template.update import UpdateStep
 
@@ -94,6 +97,19 @@ def prepare_output_dir(cfg: Config) -> Path:
     return out
 
 
+def untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies safetensors can write: a tied tensor (the GPT's head and token embedding) is saved under
+    each of its names, since safetensors refuses two names on one storage."""
+    seen: set[int] = set()
+    result = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        result[name] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    return result
+
+
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model: nn.Module, loss_fn: nn.Module, loader: Any, batches: int) -> float:
     """Mean loss over the eval split, weighted by samples and reduced over ranks (same value everywhere)."""
@@ -120,6 +136,8 @@ def train(cfg: Config) -> dict[str, Any]:
     t = cfg.train
     device = accelerator.device
     model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
+    if t.compile:
+        compile_model(model, device)  # in place: names stay plain for checkpoints and digests
     loss_fn, schedule = parts.loss_fn.to(device), parts.schedule
 
     start, run_id = 0, None
@@ -150,7 +168,9 @@ def train(cfg: Config) -> dict[str, Any]:
     metric_from_train = schedule.needs_metric and schedule.monitor == "train/loss"
     progress = tqdm(total=t.max_steps, initial=start, disable=not (accelerator.is_main_process and t.progress),
                     desc="train", dynamic_ncols=True)
+    throughput = Throughput(parts.model, parts.train_set, t.batch_size, world, t.peak_flops, device)
     window_start, window_updates = time.perf_counter(), 0
+    first_update_s: float | None = None
     loss_value = float("nan")
     skipped = int(resumed.state.get("skipped", 0)) if resumed is not None else 0
     stop = StopRequest()
@@ -164,9 +184,19 @@ def train(cfg: Config) -> dict[str, Any]:
     for step in range(start + 1, t.max_steps + 1):
         logging = step % t.log_every == 0 or step == t.max_steps
         lrs = schedule.lrs() if logging else {}  # the lr this update uses: what gets logged for it
-        update_loss, grad_norm, applied = update(batches, want_norm=logging and cfg.tracking.log_grad_norm)
+        try:
+            update_loss, grad_norm, applied = update(batches, want_norm=logging and cfg.tracking.log_grad_norm)
+        except Exception as exc:  # inductor compiles at the first forward: a platform failure is a config error
+            failure = compile_failure(exc) if t.compile and first_update_s is None else None
+            if failure is None:
+                raise
+            raise failure from None
         skipped += not applied
         window_updates += 1
+        if first_update_s is None:  # compile (and warm-up) time, reported apart from the training speed
+            first_update_s = time.perf_counter() - window_start
+            if t.compile and not logging:
+                window_start, window_updates = time.perf_counter(), 0
 
         # Host reads (and the collectives behind them) only where a value is needed, not every update.
         metrics: dict[str, float] = {}
@@ -186,7 +216,7 @@ def train(cfg: Config) -> dict[str, Any]:
         if logging:
             elapsed = time.perf_counter() - window_start
             tracker.log(training_row(step, lrs, loss_value, step / parts.updates_per_epoch,
-                                     window_updates * t.batch_size / elapsed if elapsed > 0 else 0.0,
+                                     throughput.rates(window_updates, elapsed),
                                      grad_norm, skipped if t.nonfinite == "skip" else None))
             progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{next(iter(lrs.values())):.3g}", refresh=False)
             window_start, window_updates = time.perf_counter(), 0
@@ -210,16 +240,21 @@ def train(cfg: Config) -> dict[str, Any]:
     progress.close()
     stop.restore()
 
-    return finish(accelerator, cfg, model, tracker, out)
+    timing = {"first_update_s": round(first_update_s or 0.0, 3), "compiled": t.compile}
+    return finish(accelerator, cfg, model, tracker, out, timing)
 
 
-def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tracker, out: Path) -> dict[str, Any]:
-    """Check replicas agree, then write model.safetensors, summary.json and the curves (rank 0)."""
+def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tracker, out: Path,
+           timing: dict[str, Any]) -> dict[str, Any]:
+    """Check replicas agree, then write model.safetensors, summary.json and the curves (rank 0).
+
+    `timing` says how long this process's first update took (with `compiled`, that is the compile time).
+    """
     digests = replica_digests(accelerator, model)
     drifted = first_drift(accelerator, model) if len(set(digests)) > 1 else None
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = plain_model(accelerator, model)
     summary = {"step": cfg.train.max_steps, "world_size": accelerator.num_processes,
-               "param_digest": digests[accelerator.process_index], "replica_digests": digests}
+               "param_digest": digests[accelerator.process_index], "replica_digests": digests, **timing}
     full: dict[str, torch.Tensor] | None = None
     if accelerator.distributed_type == DistributedType.FSDP and drifted is None:  # sharded: every rank checks
         nonfinite.assert_finite(unwrapped)                      # and gathers; the full tensors land on rank 0
@@ -228,8 +263,7 @@ def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tra
         if drifted is None:
             if full is None:
                 nonfinite.assert_finite(unwrapped)
-            state = {k: v.detach().cpu().contiguous() for k, v in (full or unwrapped.state_dict()).items()}
-            save_file(state, str(out / "model.safetensors"))
+            save_file(untied(full or unwrapped.state_dict()), str(out / "model.safetensors"))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.train.plots:
             from template.plotting import plot_training_curves  # matplotlib: 0.25 s of import, only at the end

@@ -26,7 +26,7 @@ def test_quick_benchmark_writes_every_number(tmp_path):
     results = json.loads(out.read_text())
 
     assert results["meta"]["quick"] is True
-    assert set(results["meta"]["sections"]) == {"throughput", "optimizer", "overhead", "startup"}
+    assert set(results["meta"]["sections"]) == {"throughput", "optimizer", "overhead", "startup", "gpt"}
     assert "sync" not in results and "wandb" not in results  # the 2-process and W&B runs are left out
 
     throughput = results["throughput"]
@@ -55,7 +55,21 @@ def test_quick_benchmark_writes_every_number(tmp_path):
     assert positive(lean["first_row_s"]) and lean["exit_s"] >= lean["first_row_s"]
     assert positive(startup["import"]["import_template_trainer_s"]) and positive(startup["import"]["import_s"])
 
+    gpt = results["gpt"]
+    assert list(gpt["modes"]) == ["eager"] and "compile_speedup" not in gpt  # --quick: compile off only
+    eager = gpt["modes"]["eager"]
+    for loop in ("nanogpt", "trainer"):
+        assert positive(eager["tokens_per_s"][loop]["median"])
+        assert positive(eager["update_time_us"][loop]) and positive(eager["first_update_s"][loop])
+    assert positive(eager["ratios"]["trainer_vs_nanogpt"]) and positive(eager["cpu_ratios"]["trainer_vs_nanogpt"])
+    assert positive(results["ratios"]["gpt.eager.trainer_vs_nanogpt"])
+    assert positive(eager["trainer_logged"]["tokens_per_s"])  # the trainer's own metrics rows carry it
+    assert eager["same_params_as_trainer"] is True  # the nanoGPT-style loop really is the same training
+    spec = gpt["spec"]
+    assert positive(gpt["flops_per_token"]) and gpt["tokens_per_update"] == spec["batch"] * spec["block_size"]
+
     names = {t["target"] for t in results["targets"]}
     assert "small: trainer / raw updates/s" in names and "RandomScaledSGD.step / SGD(foreach) step time" in names
+    assert "gpt (eager): trainer / nanoGPT loop tokens/s" in names
     assert all(isinstance(t["pass"], bool) for t in results["targets"])
     assert "PASS" in proc.stdout or "FAIL" in proc.stdout

@@ -12,20 +12,15 @@ inside a checkpoint write, `poisoned_data` puts NaN targets at chosen samples.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import re
 import shutil
 import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -33,10 +28,10 @@ from safetensors.torch import load_file
 from template.checkpoint import TRAINER_STATE, checkpoint_root, complete_checkpoints
 from template.data import GlobalBatchSampler
 
-from conftest import ROOT, clean_env, launch_command, read_metrics, read_summary, train_rows
+from conftest import read_metrics, read_summary, train_rows
+from harness import Launched, assert_same_training, last_logged_step, train, wait_for_step
 
 pytestmark = pytest.mark.e2e
-TESTS = Path(__file__).resolve().parent
 SEED = "configs/seed_builtin.yaml"  # the tutorial's linear model, StepLR(10, 0.5) from lr 0.1
 PLUGINS = "imports=[plugins.pace,plugins.crash_in_save,plugins.poisoned_data]"
 QUIET = ("train.progress=false", "train.plots=false", "tracking.wandb=false")
@@ -50,111 +45,8 @@ DATASET_SIZE, GLOBAL_BATCH = 1024, 32  # seed_builtin's data and batch: 32 updat
 
 
 # ------------------------------------------------------------------------------------------------
-# Running the real script
-# ------------------------------------------------------------------------------------------------
-
-
-def plugin_env(**extra: str) -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    return clean_env(PYTHONPATH=path, **extra)
-
-
-class Launched:
-    """One run of scripts/train.py (1 process, or `accelerate launch` of 2) in its own process group."""
-
-    def __init__(self, args: Iterable[str], out: Path, nproc: int = 1, **env: str) -> None:
-        launcher = "python" if nproc == 1 else "accelerate"
-        self.cmd = [*launch_command(launcher, nproc), *args, f"output_dir={out}"]
-        self.out = out
-        self._stdout = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by finish)
-        self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=plugin_env(**env), stdout=self._stdout,
-                                     stderr=self._stderr, text=True, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill_group(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-    def finish(self, timeout: float = 90) -> tuple[int, str, str]:
-        """Wait for the exit (a run that hangs is killed, group and all, and the test fails)."""
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill_group()
-            self.proc.wait()
-            pytest.fail(f"{' '.join(self.cmd)} hung for {timeout} s\n--- stdout ---\n{self.read(self._stdout)}"
-                        f"\n--- stderr ---\n{self.read(self._stderr)[-6000:]}")
-        self.kill_group()  # nothing of the run may outlive it
-        return rc, self.read(self._stdout), self.read(self._stderr)
-
-    @staticmethod
-    def read(f: Any) -> str:
-        f.seek(0)
-        text = f.read()
-        f.close()
-        return text
-
-    def workers(self, count: int, timeout: float = 60) -> dict[int, psutil.Process]:
-        """The training processes the launcher started, by RANK."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.alive():
-            found = {}
-            for child in psutil.Process(self.proc.pid).children(recursive=True):
-                try:
-                    if any(part.endswith("train.py") for part in child.cmdline()):
-                        found[int(child.environ()["RANK"])] = child
-                except (psutil.NoSuchProcess, KeyError):
-                    continue
-            if len(found) == count:
-                return found
-            time.sleep(0.05)
-        pytest.fail(f"the launcher did not start {count} workers")
-
-
-def train(args: Iterable[str], out: Path, nproc: int = 1, expect: int = 0, timeout: float = 90,
-          **env: str) -> tuple[str, str]:
-    """Run to the end; fail unless the exit status is `expect`. Returns (stdout, stderr)."""
-    rc, stdout, stderr = Launched(args, out, nproc, **env).finish(timeout)
-    assert rc == expect, (f"exit {rc}, expected {expect}\n--- stdout ---\n{stdout[-3000:]}"
-                          f"\n--- stderr ---\n{stderr[-6000:]}")
-    return stdout, stderr
-
-
-def last_logged_step(out: Path) -> int:
-    path = out / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    match = re.match(r'\{"step": (\d+)', lines[-1]) if lines else None
-    return int(match.group(1)) if match else 0
-
-
-def wait_for_step(run: Launched, step: int, timeout: float = 60) -> int:
-    """Wait until the run has logged update `step` (or has ended); return the last logged update."""
-    deadline = time.monotonic() + timeout
-    while run.alive() and last_logged_step(run.out) < step:
-        if time.monotonic() > deadline:
-            run.kill_group()
-            pytest.fail(f"no progress to update {step} in {timeout} s")
-        time.sleep(0.005)
-    return last_logged_step(run.out)
-
-
-# ------------------------------------------------------------------------------------------------
 # What the runs left behind
 # ------------------------------------------------------------------------------------------------
-
-
-def comparable_rows(out: Path) -> dict[int, dict[str, Any]]:
-    return {s: {k: v for k, v in r.items() if k != "samples_per_s"} for s, r in train_rows(out).items()}
-
-
-def assert_same_training(reference: Path, out: Path) -> None:
-    assert (out / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
-    assert read_summary(out)["param_digest"] == read_summary(reference)["param_digest"]
-    assert comparable_rows(out) == comparable_rows(reference)
-    assert not list(checkpoint_root(out).glob(".tmp-*")), "a half-written checkpoint was left behind"
 
 
 def steps_of(out: Path) -> list[int]:
