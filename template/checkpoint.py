@@ -9,6 +9,7 @@ All files load with `weights_only=True`.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -26,6 +27,18 @@ from template.distributed import any_rank, plain_model
 
 TRAINER_STATE = "trainer.pt"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class _TiedWeightsNote(logging.Filter):
+    """Drop Accelerate's per-save warning that it stored one name of a tied tensor (the GPT's head is its
+    token embedding): safetensors cannot hold two names on one storage, loading restores the tie, and
+    `check_compatible` accepts it, so the warning would only alarm at every checkpoint."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in str(record.msg)
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 
 @dataclass

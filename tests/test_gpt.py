@@ -239,7 +239,7 @@ def test_prepare_text_writes_where_the_gpt_config_reads():
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     config = OmegaConf.load(ROOT / "configs" / "gpt.yaml")
-    assert prepare_text.DEFAULT_OUT == ROOT / config.data.kwargs.dir
+    assert ROOT / config.data.kwargs.dir == prepare_text.DEFAULT_OUT
     sources = prepare_text.stdlib_sources()
     assert len(sources) > 100 and all("site-packages" not in p.parts for p in sources)
 
@@ -320,7 +320,7 @@ def test_gpt_kill_and_resume_is_bit_identical(corpus, reference, tmp_path):
 @pytest.mark.e2e
 def test_compile_on_and_off_train_alike_and_resume_across_the_switch(corpus, reference, tmp_path):
     compiled = tmp_path / "compiled"
-    run_train(*tiny_args(corpus), "train.compile=true", f"output_dir={compiled}", timeout=400)
+    run_train(*tiny_args(corpus), "train.compile=true", "train.eval_every=0", f"output_dir={compiled}", timeout=400)
     assert_close_training(compiled, reference)
     names = set(load_file(compiled / "model.safetensors"))
     assert names == set(load_file(reference / "model.safetensors")) and not any("_orig_mod" in n for n in names)
@@ -328,8 +328,8 @@ def test_compile_on_and_off_train_alike_and_resume_across_the_switch(corpus, ref
     for source, switch in ((compiled, "false"), (reference, "true")):
         out = tmp_path / f"from_{source.name}"
         checkpoint = source / "checkpoints" / "step_00000018"
-        proc = run_train(*tiny_args(corpus), f"train.compile={switch}", f"train.resume={checkpoint}",
-                         f"output_dir={out}", timeout=400)
+        proc = run_train(*tiny_args(corpus), f"train.compile={switch}", "train.eval_every=0",
+                         f"train.resume={checkpoint}", f"output_dir={out}", timeout=400)
         assert f"resumed from {checkpoint} at update 18" in proc.stdout
         assert sorted(train_rows(out)) == list(range(19, 25))
         assert_close_weights(out, reference)
