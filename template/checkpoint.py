@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from accelerate.utils import load as accelerate_load
 from safetensors import safe_open
 from torch import nn
 
-from template.config import ConfigError
+from template.config import ConfigError, describe
 from template.distributed import any_rank, plain_model
 
 TRAINER_STATE = "trainer.pt"
@@ -61,23 +62,58 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, read-only, no permission); the older ones are intact."""
+
+
+def _write_phase(accelerator: Accelerator, tmp: Path, write: Callable[[], object]) -> None:
+    """Run one phase of a checkpoint write on this rank, then agree with every rank that it worked (this
+    all-reduce is also the phase's barrier). A failure anywhere stops every rank alike, and the partial
+    `.tmp-*` directory goes (it frees what it held on a full disk; `complete_checkpoints` ignores it anyway).
+    """
+    error: Exception | None = None
+    try:
+        write()
+    except Exception as exc:  # OSError, or a library's own error type wrapping one (safetensors)
+        error = exc
+    if not any_rank(accelerator, error is not None):
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    newest = complete_checkpoints(tmp.parent.parent)
+    intact = f"the newest complete checkpoint, {newest[-1]}, is intact" if newest else "there is no older checkpoint"
+    cause = describe(error) if error is not None else "it failed on another rank"
+    raise CheckpointWriteError(f"cannot write checkpoint {tmp}: {cause}; {intact}: free space or fix the "
+                               "permissions, then rerun the same command to resume")
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, trainer_state: dict[str, Any],
                     keep: int) -> Path:
-    """Write checkpoint `step` atomically on all ranks (collective), then keep only the newest `keep`."""
+    """Write checkpoint `step` atomically on all ranks (collective), then keep only the newest `keep`.
+
+    Raises CheckpointWriteError on every rank if any rank cannot write its part; nothing older is touched
+    until the new checkpoint is complete, so the newest complete one stays loadable.
+    """
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
+
+    def make_tmp() -> None:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+
+    def complete() -> None:
+        if accelerator.is_main_process:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+
+    _write_phase(accelerator, tmp, make_tmp)
+    _write_phase(accelerator, tmp, lambda: accelerator.save_state(str(tmp), safe_serialization=True))
+    _write_phase(accelerator, tmp, complete)
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
         # Only checkpoints older than this one make way for it: a newer one (an unreadable checkpoint this
         # run resumed past) must not push out the checkpoint just written, or a kill would lose everything.
         older = [p for p in complete_checkpoints(output_dir) if p.name < final.name]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from template.checkpoint import CheckpointWriteError
 from template.config import Config, ConfigError, load_config
-from template.distributed import LaunchError, LRSyncError
+from template.distributed import LaunchError, LRSyncError, collective_timeout
 from template.nonfinite import NonFiniteError
 from template.trainer import DriftError
 
@@ -18,9 +20,16 @@ class _Parser(argparse.ArgumentParser):
         fail(f"arguments: {message}")
 
 
-def fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+def reports_errors() -> bool:
+    """Whether this process prints config errors: under a launcher every rank finds the same error, so
+    rank 0 says it, plus the first rank of every other machine (whose files may differ from rank 0's)."""
+    return os.environ.get("RANK", "0") == "0" or os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    if reports_errors():
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
 
 
 def parser(description: str, many_configs: bool = False) -> argparse.ArgumentParser:
@@ -45,6 +54,13 @@ def run(main: Callable[[Config, argparse.Namespace], object], description: str,
         main(cfg, args)
     except (ConfigError, LaunchError) as exc:
         fail(str(exc))
-    except (NonFiniteError, DriftError, LRSyncError) as exc:  # training went wrong: say so in one line, status 1
+    except (NonFiniteError, DriftError, LRSyncError, CheckpointWriteError) as exc:  # training went wrong: status 1
         print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except RuntimeError as exc:
+        timeout = collective_timeout(exc)
+        if timeout is None:
+            raise
+        rank = os.environ.get("RANK")
+        print(f"error: {'rank ' + rank + ': ' if rank else ''}{timeout}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

@@ -38,11 +38,15 @@ def compile_unavailable(device: torch.device) -> str | None:
     return None
 
 
-def compile_model(model: nn.Module, device: torch.device) -> None:
-    """Compile `model` (the prepared one, DDP wrapper included) in place; ConfigError where impossible."""
+def check_compile(device: torch.device) -> None:
+    """ConfigError (before training) where inductor cannot compile for `device`."""
     reason = compile_unavailable(device)
     if reason:
         raise ConfigError("train.compile", f"{reason}; set train.compile=false")
+
+
+def compile_model(model: nn.Module) -> None:
+    """Compile `model` (the prepared one, DDP wrapper included) in place: its names stay plain."""
     model.compile()
 
 

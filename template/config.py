@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -28,6 +29,14 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {problem}" if key else problem)
         self.key = key
         self.problem = problem
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line: torch's own errors span several lines and name no type."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, ValueError):  # a ValueError's message speaks for itself; others say what they are
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 @dataclass
@@ -104,6 +113,7 @@ class TrainConfig:
 class DistributedConfig:
     sync_check_every: int = 100
     sync_check_action: str = "error"
+    timeout_s: float = 600.0  # the longest a rank waits in a collective (a stuck peer) before the job fails
 
 
 @dataclass
@@ -170,6 +180,16 @@ def _as_config_error(exc: OmegaConfBaseException, schema: DictConfig) -> ConfigE
     return ConfigError(key, message)
 
 
+def _parse_value(key: str, value: str) -> Any:
+    """An override's value as YAML (`0.1`, `[a, b]`, `{x: 1}`); text YAML cannot parse is a ConfigError."""
+    try:
+        return OmegaConf.from_dotlist([f"value={value}"]).value
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        raise ConfigError(key, f"cannot parse the value {shown!r} as YAML ({detail[:200]})") from None
+
+
 def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> Config:
     """Merge schema <- YAML file <- `key=value` overrides, then validate; raises ConfigError."""
     schema = OmegaConf.structured(Config)
@@ -189,7 +209,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
             # `a.kwargs={x: 1}` replaces the whole mapping (switching model.name must not keep the old
             # model's kwargs); `a.kwargs.x=1` changes one entry.
             key, value = item.split("=", 1)
-            parsed = OmegaConf.from_dotlist([f"value={value}"]).value
+            parsed = _parse_value(key, value)
             OmegaConf.update(file_cfg, key, parsed, merge=False, force_add=True)
         merged = OmegaConf.merge(schema, file_cfg)
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
@@ -209,6 +229,7 @@ def validate(cfg: Config) -> None:
     t = cfg.train
     if t.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false
         t.mixed_precision = "no"
+    _check(0 <= cfg.seed < 2**32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
     _check(t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}")
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {t.grad_accum_steps}")
@@ -228,6 +249,7 @@ def validate(cfg: Config) -> None:
         _check(group.lr is None or group.lr > 0, f"optimizer.groups.{i}.lr", f"must be > 0, got {group.lr}")
     d = cfg.distributed
     _check(d.sync_check_every >= 0, "distributed.sync_check_every", "must be >= 0 (0 disables)")
+    _check(1 <= d.timeout_s <= 86_400, "distributed.timeout_s", f"must be in [1, 86400] seconds, got {d.timeout_s}")
     _check(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     _check(bool(cfg.output_dir), "output_dir", "must not be empty")
     for key, options in CHOICES.items():

@@ -6,13 +6,16 @@ import atexit
 import hashlib
 import os
 import time
+import traceback
 import warnings
 from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 from torch import nn
 from torch.distributed.tensor import DTensor
 
@@ -72,21 +75,25 @@ def check_launch_env(env: Mapping[str, str] | None = None) -> None:
 
 
 def make_accelerator(mixed_precision: str | None = None, log_with: str | None = None,
-                     project_dir: str | None = None) -> Accelerator:
+                     project_dir: str | None = None, timeout_s: float | None = None) -> Accelerator:
     """An Accelerator on CUDA when there is one, else on CPU with a real gloo process group.
 
     On a machine without CUDA, a plain `Accelerator()` under `accelerate launch --multi_gpu` or torchrun
     gives every process world size 1: N independent trainings writing the same output_dir, silently.
     `cpu=True` makes it a real multi-CPU run; and whatever happens, a world size that disagrees with
     the launcher's WORLD_SIZE stops the run (LaunchError: one `error:` line, exit 2) before any work.
+
+    `timeout_s` bounds every collective: a rank that stops answering makes the others fail after that long
+    (see `CollectiveTimeout`) instead of gloo's and NCCL's default 30 minutes.
     """
     env = dict(os.environ)  # the launcher's view, before Accelerate rewrites WORLD_SIZE & co. on CPU
     check_launch_env(env)
     launched = launcher_world_size(env)
     try:
+        handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))] if timeout_s else []
         accelerator = Accelerator(
             cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, log_with=log_with,
-            project_dir=project_dir,
+            project_dir=project_dir, kwargs_handlers=handlers,
         )
     except ValueError as exc:  # Accelerate's and torch.distributed's own launch-environment checks
         raise LaunchError(f"cannot set up the processes: {' '.join(str(exc).split())}") from None
@@ -108,6 +115,36 @@ def make_accelerator(mixed_precision: str | None = None, log_with: str | None = 
             RuntimeWarning, stacklevel=2,
         )
     return accelerator
+
+
+TIMEOUT_WORDS = ("timed out", "timeout")
+
+
+def collective_timeout(exc: BaseException) -> str | None:
+    """If `exc` is a collective that timed out (a peer rank stuck: SIGSTOP, a deadlock, a hung file system),
+    one line naming the collective and the template code that ran it; else None.
+
+    gloo raises a RuntimeError ("Timed out waiting Nms for recv operation") in the waiting rank, from
+    the collective itself or, for DDP's gradient all-reduce, from `backward()`. NCCL's watchdog aborts the
+    process instead, with its own message naming the operation.
+    """
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, RuntimeError) or not any(word in text.lower() for word in TIMEOUT_WORDS):
+        return None
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    ours = [f for f, _ in frames if "/template/" in f.f_code.co_filename.replace("\\", "/")
+            and not f.f_code.co_filename.endswith("cli.py")]
+    collective = next((f.f_code.co_name for f, _ in reversed(frames)
+                       if "torch/distributed" in f.f_code.co_filename.replace("\\", "/")
+                       and not f.f_code.co_name.startswith("_") and f.f_code.co_name != "wrapper"), None)
+    where = ours[-1] if ours else None
+    if collective is None and any(f.f_code.co_name == "backward" for f, _ in frames):
+        collective = "the gradient all-reduce (DDP, in backward)"
+    what = collective or "a collective"
+    place = f" in {where.f_code.co_name} ({Path(where.f_code.co_filename).name}:{where.f_lineno})" if where else ""
+    return (f"{what}{place} timed out ({text[:160]}): another rank stopped answering (hung, stopped or "
+            "overloaded) for longer than distributed.timeout_s; the job can be resumed: rerun the same "
+            "command to continue from the newest checkpoint")
 
 
 _exit_hook_registered = False

@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from template.config import ConfigError, _suggest
+from template.config import ConfigError, _suggest, describe
 
 T = TypeVar("T")
 
@@ -58,8 +58,8 @@ class Registry(Generic[T]):
             return factory(*args, **kwargs)
         except ConfigError:
             raise
-        except (ValueError, ZeroDivisionError) as exc:  # constructors validate their arguments this way
-            raise ConfigError(f"{section}.kwargs", f"{self.kind} '{name}': {exc}") from None
+        except Exception as exc:  # whatever a constructor raises, it was given these arguments by the config
+            raise ConfigError(f"{section}.kwargs", f"{self.kind} '{name}': {describe(exc)}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

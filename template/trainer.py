@@ -24,10 +24,11 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from template import checkpoint, host_memory, nonfinite
-from template.compile import compile_failure, compile_model
+from template.compile import check_compile, compile_failure, compile_model
 from template.config import Config, ConfigError
 from template.data import DATASETS, GlobalBatchSampler, make_eval_loader, make_loader
 from template.distributed import (
+    any_rank,
     check_lr_sync,
     first_drift,
     make_accelerator,
@@ -38,6 +39,7 @@ from template.losses import LOSSES
 from template.models import MODELS
 from template.optim import build_optimizer
 from template.preemption import StopRequest
+from template.run_lock import RunLock
 from template.schedules import LRSchedule, build_schedule
 from template.throughput import Throughput
 from template.tracking import Tracker, config_yaml, training_row
@@ -90,11 +92,22 @@ def build_parts(cfg: Config, world_size: int = 1) -> Parts:
     return Parts(model, loss_fn, optimizer, schedule, train_set, eval_set, updates_per_epoch)
 
 
-def prepare_output_dir(cfg: Config) -> Path:
+def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = None) -> Parts:
+    """Everything that can reject a config, before a write or a collective: the parts, the output_dir, the
+    resume path, and what the device cannot do. Any bad input ends here as one ConfigError."""
+    parts = build_parts(cfg, world_size)
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir", f"{out} exists and is not a directory")
-    return out
+    checkpoint.resume_candidates(out, cfg.train.resume)  # a path that is no complete checkpoint
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.train.mixed_precision == "fp16" and device.type != "cuda":
+        # Accelerate would accept it and silently train in fp32: no GradScaler, no fp16 autocast off CUDA
+        raise ConfigError("train.mixed_precision", f"fp16 needs a CUDA device (this run is on {device.type}); "
+                                                   "use bf16, or no")
+    if cfg.train.compile:
+        check_compile(device)
+    return parts
 
 
 def untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -125,19 +138,45 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loss_fn: nn.Module, loa
     return (totals[0] / totals[1]).item()
 
 
+def lock_output_dir(accelerator: Accelerator, out: Path) -> RunLock:
+    """Rank 0 takes the output_dir's lock (ConfigError on every rank if it cannot)."""
+    lock = RunLock(out)
+    problem: ConfigError | None = None
+    if accelerator.is_main_process:
+        try:
+            note = lock.acquire()
+            if note:
+                print(note, flush=True)
+        except ConfigError as exc:
+            problem = exc
+    if any_rank(accelerator, problem is not None):
+        raise problem or ConfigError("output_dir", "rank 0 could not lock it")
+    return lock
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) the training described by `cfg` on however many processes were launched."""
     if cfg.train.keep_freed_memory:
         host_memory.keep_freed_memory()  # before the first tensors: no page faults on every update's activations
-    accelerator = make_accelerator(cfg.train.mixed_precision, log_with="wandb" if cfg.tracking.wandb else None)
-    parts = build_parts(cfg, accelerator.num_processes)
-    out = prepare_output_dir(cfg)
+    accelerator = make_accelerator(cfg.train.mixed_precision, log_with="wandb" if cfg.tracking.wandb else None,
+                                   timeout_s=cfg.distributed.timeout_s)
+    parts = preflight(cfg, accelerator.num_processes, accelerator.device)
+    lock = lock_output_dir(accelerator, Path(cfg.output_dir))  # one live run per output_dir
+    try:
+        return run_training(cfg, accelerator, parts)
+    finally:
+        lock.release()
+
+
+def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[str, Any]:
+    """The training itself, once the config passed preflight and this run holds the output_dir."""
+    out = Path(cfg.output_dir)
     candidates = checkpoint.resume_candidates(out, cfg.train.resume)
     t = cfg.train
     device = accelerator.device
     model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
     if t.compile:
-        compile_model(model, device)  # in place: names stay plain for checkpoints and digests
+        compile_model(model)  # in place: names stay plain for checkpoints and digests
     loss_fn, schedule = parts.loss_fn.to(device), parts.schedule
 
     start, run_id = 0, None

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from template.config import ConfigError, SchedulerConfig
+from template.config import ConfigError, SchedulerConfig, describe
 from template.registry import Registry
 
 
@@ -105,6 +105,6 @@ def build_schedule(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, updat
         strategy = STRATEGIES.get(cfg.strategy)(cfg, optimizer, updates_per_epoch)
     except ConfigError:
         raise
-    except (ValueError, ZeroDivisionError, OverflowError) as exc:  # the strategy rejected its arguments
-        raise ConfigError("scheduler.kwargs", f"{cfg.strategy} '{cfg.name}': {exc}") from None
+    except Exception as exc:  # the strategy rejected the arguments the config gave it
+        raise ConfigError("scheduler.kwargs", f"{cfg.strategy} '{cfg.name}': {describe(exc)}") from None
     return LRSchedule(strategy, optimizer, cfg.interval, updates_per_epoch, cfg.monitor)
