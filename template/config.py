@@ -204,6 +204,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError("", f"override '{item}' is not of the form key=value")
+    key = "--config"
     try:
         for item in overrides:
             # `a.kwargs={x: 1}` replaces the whole mapping (switching model.name must not keep the old
@@ -211,10 +212,15 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
             key, value = item.split("=", 1)
             parsed = _parse_value(key, value)
             OmegaConf.update(file_cfg, key, parsed, merge=False, force_add=True)
+            OmegaConf.merge(schema, file_cfg)  # each override checked on its own, so an error can name it
         merged = OmegaConf.merge(schema, file_cfg)
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except ConfigError:
+        raise
     except OmegaConfBaseException as exc:
         raise _as_config_error(exc, schema) from None
+    except (TypeError, ValueError) as exc:  # OmegaConf's plain errors (a list where a mapping belongs, ...)
+        raise ConfigError(key, f"does not fit the config's structure: {describe(exc)}") from None
     validate(cfg)
     return cfg
 

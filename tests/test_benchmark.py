@@ -58,7 +58,7 @@ def test_quick_benchmark_writes_every_number(tmp_path):
     gpt = results["gpt"]
     assert list(gpt["modes"]) == ["eager"] and "compile_speedup" not in gpt  # --quick: compile off only
     eager = gpt["modes"]["eager"]
-    for loop in ("nanogpt", "trainer"):
+    for loop in ("nanogpt", "nanogpt_tuned", "trainer"):
         assert positive(eager["tokens_per_s"][loop]["median"])
         assert positive(eager["update_time_us"][loop]) and positive(eager["first_update_s"][loop])
     assert positive(eager["ratios"]["trainer_vs_nanogpt"]) and positive(eager["cpu_ratios"]["trainer_vs_nanogpt"])

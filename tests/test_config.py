@@ -80,6 +80,12 @@ BAD_INPUTS = [
     (["imports=[no_such_module_xyz]"], "imports.0", "no_such_module_xyz"),
     (["optimizer.kwargs.momentum=0.9"], "optimizer.kwargs", "momentum"),
     (["notakeyvalue"], "", "key=value"),
+    (["scheduler.expression=[1]*10**9"], "scheduler.expression", "cannot parse the value '[1]*10**9' as YAML"),
+    (["optimizer.groups.0.params="], "optimizer.groups.0.params", "does not fit the config's structure"),
+    (["model.kwargs.theta=[1, 2]"], "model.kwargs", "model 'linear': TypeError"),
+    (["seed=-1"], "seed", "must be in [0, 2**32)"),
+    (["train.mixed_precision=fp16"], "train.mixed_precision", "fp16 needs a CUDA device"),
+    (["distributed.timeout_s=0"], "distributed.timeout_s", "must be in [1, 86400]"),
 ]
 
 

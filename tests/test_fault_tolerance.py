@@ -173,6 +173,18 @@ def test_kill_while_writing_a_checkpoint_leaves_only_an_ignored_tmp(ref_one, tmp
     assert_same_training(ref_one, out)
 
 
+def test_disk_full_mid_checkpoint_stops_cleanly_and_a_rerun_resumes_exactly(ref_one, tmp_path):
+    """ENOSPC while checkpoint 10 is written: one error line, checkpoint 5 intact, the same command resumes."""
+    out = tmp_path / "full"
+    _, stderr = train(ONE, out, expect=1, FT_CRASH="ENOSPC:10")
+    line = one_error_line(stderr, f"error: cannot write checkpoint {ckpt(out, 10).with_name('.tmp-step_00000010')}: ")
+    assert "No space left on device" in line and f"{ckpt(out, 5)}, is intact" in line and "rerun" in line
+    assert steps_of(out) == [5] and not list(checkpoint_root(out).glob(".tmp-*"))
+    stdout, _ = train(ONE, out)  # space freed: the same command
+    assert f"resumed from {ckpt(out, 5)}" in stdout
+    assert_same_training(ref_one, out)
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. corrupt checkpoints, resume paths that are not checkpoints
 # ------------------------------------------------------------------------------------------------

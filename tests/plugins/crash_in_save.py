@@ -6,12 +6,17 @@
 - `rename:<u>`: everything of checkpoint `u` is written, trainer.pt included, and the process dies just
   before the `.tmp-step_*` directory is renamed into place.
 
+- `ENOSPC:<u>`, `EROFS:<u>`, `EACCES:<u>`: the disk fills up (becomes read-only, refuses permission)
+  while checkpoint `u` is being written: Accelerate's files are half there, then the write raises that
+  OSError, as the file system would. The process lives on to handle it.
+
 Only the main process writes trainer.pt and renames, so use it on 1-process runs (or expect rank 0 to
 be the one that dies). Without FT_CRASH the module does nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import signal
@@ -40,6 +45,17 @@ def _crashing_save_state(self: Accelerator, output_dir: str | None = None, *args
     return result
 
 
+def _failing_save_state(self: Accelerator, output_dir: str | None = None, *args, **kwargs):  # type: ignore[no-untyped-def]
+    result = _save_state(self, output_dir, *args, **kwargs)
+    if output_dir is not None and Path(output_dir).name == TARGET:
+        model = Path(output_dir) / "model.safetensors"
+        with model.open("r+b") as f:
+            f.truncate(model.stat().st_size // 2)
+        code = getattr(errno, STAGE)
+        raise OSError(code, os.strerror(code), str(Path(output_dir) / "optimizer.bin"))
+    return result
+
+
 def _crashing_rename(self: pathlib.Path, target):  # type: ignore[no-untyped-def]
     if self.name == TARGET:
         _die()
@@ -50,5 +66,7 @@ if STAGE == "save_state" and Accelerator.save_state is _save_state:
     Accelerator.save_state = _crashing_save_state  # type: ignore[method-assign]
 elif STAGE == "rename" and pathlib.Path.rename is _rename:
     pathlib.Path.rename = _crashing_rename  # type: ignore[method-assign]
+elif STAGE in ("ENOSPC", "EROFS", "EACCES") and Accelerator.save_state is _save_state:
+    Accelerator.save_state = _failing_save_state  # type: ignore[method-assign]
 elif STAGE:
-    raise ValueError(f"FT_CRASH must be save_state:<update> or rename:<update>, got {os.environ['FT_CRASH']!r}")
+    raise ValueError(f"FT_CRASH must be save_state|rename|ENOSPC|EROFS|EACCES:<update>, got {os.environ['FT_CRASH']!r}")
