@@ -19,9 +19,12 @@ OPTIMIZERS: Registry = Registry("optimizer", "optimizer.name")
 class RandomScaledSGD(torch.optim.Optimizer):
     """The tutorial's custom optimizer: SGD whose lr is multiplied each step by a random factor in [0, 1).
 
-    Unlike the tutorial's version, the factor comes from the optimizer's own seeded generator, whose
-    state travels in `state_dict()`: every rank draws the same factor (replicas cannot drift) and a
-    resumed run continues the same sequence. `factor` pins it (the tutorial's 0.4) for tests.
+    Unlike the tutorial's version, the factor is a function of (seed, number of factors drawn so far), the
+    way timm seeds its lr noise with seed + t: every rank draws the same factor (replicas cannot drift), and
+    the count and the seed are plain optimizer state, kept on the first parameter (`state_dict()` carries
+    them through any checkpoint, FSDP2's sharded optimizer state included, and a resume continues the same
+    sequence). Keeping state also means torch's FSDP2 state-dict helpers see an initialised optimizer and do
+    not run their lr-0 `step()` to create one. `factor` pins it (the tutorial's 0.4) for tests.
     Parameters are updated in place with multi-tensor `_foreach` kernels: no new tensor per parameter.
     """
 
@@ -35,12 +38,46 @@ class RandomScaledSGD(torch.optim.Optimizer):
             raise ValueError(f"factor must be in [0, 1), got {factor}")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         self.factor = factor
-        self.generator = torch.Generator().manual_seed(seed)
+        self._seed = int(seed)
+        self._generator = torch.Generator()
         self.last_factor: float | None = None
+        self._linked: torch.Tensor | None = None
+        self._link()  # state from the start: FSDP2's helpers then never run their lr-0 initialising step()
+
+    def _link(self) -> dict[str, Any]:
+        """Make every parameter's state the one dict holding `step` (factors drawn so far) and `seed`.
+
+        Every parameter has state, as torch's strict FSDP2 optimizer loader requires, and it is one count.
+        Relinking also follows parameters swapped for sharded ones (Accelerate's FSDP2 prepare moves no state).
+        """
+        params = [p for group in self.param_groups for p in group["params"]]
+        draws = next((s for s in self.state.values() if "seed" in s), None) or {"step": 0, "seed": self._seed}
+        self.state.clear()
+        for p in params:
+            self.state[p] = draws
+        self._linked = params[0]
+        return draws
 
     def draw_factor(self) -> float:
-        drawn = torch.rand((), generator=self.generator).item()
+        """The next factor: uniform in [0, 1) from a generator seeded with (seed, draws so far)."""
+        first: torch.Tensor = self.param_groups[0]["params"][0]
+        draws = self.state[first] if first is self._linked else self._link()
+        count = draws["step"]
+        draws["step"] = count + 1
+        self._generator.manual_seed(draws["seed"] * 1_000_003 + count)
+        drawn = torch.rand((), generator=self._generator).item()
         return drawn if self.factor is None else self.factor
+
+    @property
+    def draws(self) -> int:
+        """How many factors this optimizer has drawn (its steps, and any direct `draw_factor` calls)."""
+        return int(self._link()["step"])
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        state_dict.pop("generator", None)  # checkpoints from before the counter kept a generator state here
+        super().load_state_dict(state_dict)  # one copy per parameter: link them into one again
+        self._link()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -60,18 +97,6 @@ class RandomScaledSGD(torch.optim.Optimizer):
                 torch._foreach_mul_(params, 1.0 - step * group["weight_decay"])
             torch._foreach_add_(params, [p.grad for p in params], alpha=-step)
         return loss
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["generator"] = self.generator.get_state()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        generator_state = state_dict.pop("generator", None)
-        super().load_state_dict(state_dict)
-        if generator_state is not None:
-            self.generator.set_state(generator_state.cpu() if hasattr(generator_state, "cpu") else generator_state)
 
 
 def _torch_optimizer(cls: Any) -> Callable[..., torch.optim.Optimizer]:
