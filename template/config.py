@@ -106,6 +106,7 @@ class TrainConfig:
     plots: bool = True
     keep_freed_memory: bool = True  # glibc keeps freed host memory for the next update (template/host_memory.py)
     compile: bool = False  # torch.compile the model (template/compile.py)
+    deterministic: bool = False  # deterministic kernels only: a GPU resume is then bit-identical (slower)
     peak_flops: float = 0.0  # one device's peak FLOP/s for MFU; 0: known GPUs' bf16 peak, none on CPU
 
 

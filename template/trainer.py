@@ -10,6 +10,7 @@ import importlib
 import itertools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,14 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loss_fn: nn.Module, loa
     return (totals[0] / totals[1]).item()
 
 
+def use_deterministic_kernels() -> None:
+    """Deterministic algorithms only (an error where an op has none), cuDNN without autotuning, and the cuBLAS
+    workspace setting that deterministic GEMMs need; set before the first CUDA kernel runs."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def lock_output_dir(accelerator: Accelerator, out: Path) -> RunLock:
     """Rank 0 takes the output_dir's lock (ConfigError on every rank if it cannot)."""
     lock = RunLock(out)
@@ -158,6 +167,8 @@ def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) the training described by `cfg` on however many processes were launched."""
     if cfg.train.keep_freed_memory:
         host_memory.keep_freed_memory()  # before the first tensors: no page faults on every update's activations
+    if cfg.train.deterministic:
+        use_deterministic_kernels()
     accelerator = make_accelerator(cfg.train.mixed_precision, log_with="wandb" if cfg.tracking.wandb else None,
                                    timeout_s=cfg.distributed.timeout_s)
     parts = preflight(cfg, accelerator.num_processes, accelerator.device)
@@ -256,7 +267,7 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
             elapsed = time.perf_counter() - window_start
             tracker.log(training_row(step, lrs, loss_value, step / parts.updates_per_epoch,
                                      throughput.rates(window_updates, elapsed),
-                                     grad_norm, skipped if t.nonfinite == "skip" else None))
+                                     grad_norm, skipped if t.nonfinite == "skip" or skipped else None))
             progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{next(iter(lrs.values())):.3g}", refresh=False)
             window_start, window_updates = time.perf_counter(), 0
         if "eval/loss" in metrics:

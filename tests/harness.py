@@ -13,6 +13,8 @@ import os
 import re
 import signal
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Iterable
@@ -28,6 +30,32 @@ from conftest import ROOT, clean_env, launch_command, read_summary, train_rows
 
 TESTS = Path(__file__).resolve().parent
 WALL_CLOCK_KEYS = frozenset({"samples_per_s", "tokens_per_s", "model_flops_per_s", "mfu"})
+PREPARE = ROOT / "scripts" / "prepare_text.py"
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TINY_MODEL = {"vocab_size": 256, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32}
+
+
+def tiny_args(data: Path, steps: int = 24, *extra: str) -> tuple[str, ...]:
+    """configs/gpt.yaml shrunk to seconds: 2 layers of width 32 on 32-byte windows, batch 8."""
+    return ("--config", "configs/gpt.yaml", f"data.kwargs.dir={data}", *(f"model.kwargs.{k}={v}" for k, v in
+            TINY_MODEL.items() if k != "vocab_size"), "train.batch_size=8", f"train.max_steps={steps}",
+            "train.log_every=1", "train.checkpoint_every=6", "train.eval_every=12", "train.eval_batches=2",
+            "scheduler.kwargs.warmup_steps=4", "train.progress=false", "train.plots=false", "tracking.wandb=false",
+            *extra)
+
+
+def prepare(*args: str) -> subprocess.CompletedProcess[str]:
+    """scripts/prepare_text.py with these arguments."""
+    return subprocess.run([sys.executable, str(PREPARE), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def small_corpus(out: Path) -> Path:
+    """Token files of a few hundred kB: two standard-library packages' sources, bytes."""
+    proc = prepare("--input", str(STDLIB / "json" / "*.py"), str(STDLIB / "email" / "*.py"), "--out", str(out),
+                   "--every", "5")
+    assert proc.returncode == 0, proc.stderr
+    return out
 
 
 def plugin_env(**extra: str) -> dict[str, str]:

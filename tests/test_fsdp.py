@@ -200,6 +200,7 @@ def test_fsdp2_optimizer_checkpoint_does_not_advance_the_random_factor(fsdp2: li
 
 @pytest.mark.ddp
 @pytest.mark.e2e
+@pytest.mark.gpu
 def test_fsdp_through_accelerate_matches_ddp(tmp_path: Path) -> None:
     """`accelerate launch --config_file configs/accelerate_fsdp.yaml` on 2 GPUs vs the DDP run."""
     if torch.cuda.device_count() < 2:

@@ -14,7 +14,6 @@ import math
 import pickle
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -31,26 +30,16 @@ from template.throughput import Throughput
 from template.tokens import TokenWindows, token_files
 
 from conftest import ROOT, read_summary, run_train, train_rows
-from harness import Launched, assert_same_training, comparable_rows, wait_for_step
-
-PREPARE = ROOT / "scripts" / "prepare_text.py"
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-TINY_MODEL = {"vocab_size": 256, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32}
-
-
-def tiny_args(data: Path, steps: int = 24, *extra: str) -> tuple[str, ...]:
-    """configs/gpt.yaml shrunk to seconds: 2 layers of width 32 on 32-byte windows, batch 8."""
-    return ("--config", "configs/gpt.yaml", f"data.kwargs.dir={data}", *(f"model.kwargs.{k}={v}" for k, v in
-            TINY_MODEL.items() if k != "vocab_size"), "train.batch_size=8", f"train.max_steps={steps}",
-            "train.log_every=1", "train.checkpoint_every=6", "train.eval_every=12", "train.eval_batches=2",
-            "scheduler.kwargs.warmup_steps=4", "train.progress=false", "train.plots=false", "tracking.wandb=false",
-            *extra)
-
-
-def prepare(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(PREPARE), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-
+from harness import (
+    TINY_MODEL,
+    Launched,
+    assert_same_training,
+    comparable_rows,
+    prepare,
+    small_corpus,
+    tiny_args,
+    wait_for_step,
+)
 
 # ------------------------------------------------------------------------------------------------
 # The model and the loss
@@ -251,11 +240,7 @@ def test_prepare_text_writes_where_the_gpt_config_reads():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("corpus")
-    proc = prepare("--input", str(STDLIB / "json" / "*.py"), str(STDLIB / "email" / "*.py"), "--out", str(out),
-                   "--every", "5")
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return small_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
