@@ -69,16 +69,6 @@ def test_logged_lr_is_the_lr_used_by_the_update(tmp_path):
     assert [lrs[s] for s in (1, 10, 11, 20, 21)] == [0.1, 0.1, 0.05, 0.05, 0.025]
 
 
-def test_four_seed_configs_give_the_same_lr_column(tmp_path):
-    columns = {}
-    for strategy in ("builtin", "lambda", "subclass", "manual"):
-        out = tmp_path / strategy
-        run_train("--config", f"configs/seed_{strategy}.yaml", f"output_dir={out}", "train.progress=false")
-        columns[strategy] = [r["lr"] for r in train_rows(out).values()]
-    assert len({tuple(c) for c in columns.values()}) == 1
-    assert columns["builtin"][:21] == [0.1] * 10 + [0.05] * 10 + [0.025]
-
-
 def test_linear_model_weights_keep_the_tutorial_names(tmp_path):
     run_train("--config", SEED, f"output_dir={tmp_path}", "train.max_steps=5")
     assert set(load_file(tmp_path / "model.safetensors")) == set(LinearModel().state_dict()) == {"theta", "b"}
