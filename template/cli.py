@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from template.checkpoint import CheckpointWriteError
+from template.compile import compile_failure
 from template.config import Config, ConfigError, load_config
 from template.distributed import LaunchError, LRSyncError, collective_timeout
 from template.nonfinite import NonFiniteError
@@ -57,7 +58,10 @@ def run(main: Callable[[Config, argparse.Namespace], object], description: str,
     except (NonFiniteError, DriftError, LRSyncError, CheckpointWriteError) as exc:  # training went wrong: status 1
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    except RuntimeError as exc:
+    except Exception as exc:
+        failure = compile_failure(exc)  # inductor compiles at the first forward: the platform cannot
+        if failure is not None:
+            fail(str(failure))
         timeout = collective_timeout(exc)
         if timeout is None:
             raise

@@ -51,7 +51,8 @@ def compile_model(model: nn.Module) -> None:
 
 
 def compile_failure(exc: BaseException) -> ConfigError | None:
-    """A compiler failure at the first forward, as a one-line config error (None for any other error)."""
+    """A compiler failure (at the first forward, long after preflight), as a one-line config error; None for
+    any other error."""
     import torch._dynamo.exc
 
     if isinstance(exc, torch._dynamo.exc.BackendCompilerFailed):

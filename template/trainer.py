@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from template import checkpoint, host_memory, nonfinite
-from template.compile import check_compile, compile_failure, compile_model
+from template.compile import check_compile, compile_model
 from template.config import Config, ConfigError
 from template.data import DATASETS, GlobalBatchSampler, make_eval_loader, make_loader
 from template.distributed import (
@@ -234,13 +234,7 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
     for step in range(start + 1, t.max_steps + 1):
         logging = step % t.log_every == 0 or step == t.max_steps
         lrs = schedule.lrs() if logging else {}  # the lr this update uses: what gets logged for it
-        try:
-            update_loss, grad_norm, applied = update(batches, want_norm=logging and cfg.tracking.log_grad_norm)
-        except Exception as exc:  # inductor compiles at the first forward: a platform failure is a config error
-            failure = compile_failure(exc) if t.compile and first_update_s is None else None
-            if failure is None:
-                raise
-            raise failure from None
+        update_loss, grad_norm, applied = update(batches, want_norm=logging and cfg.tracking.log_grad_norm)
         skipped += not applied
         window_updates += 1
         if first_update_s is None:  # compile (and warm-up) time, reported apart from the training speed
