@@ -123,6 +123,19 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     return final
 
 
+def untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies safetensors can write: a tied tensor (the GPT's head and token embedding) is saved under
+    each of its names, since safetensors refuses two names on one storage."""
+    seen: set[int] = set()
+    result = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        result[name] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    return result
+
+
 def resume_candidates(output_dir: str | Path, resume: str) -> list[Path]:
     """Where to resume from, best first: `none` -> []; `auto` -> complete checkpoints, newest first;
     a path -> that checkpoint only (it must be complete)."""

@@ -12,6 +12,7 @@ from template.checkpoint import CheckpointWriteError
 from template.compile import compile_failure
 from template.config import Config, ConfigError, load_config
 from template.distributed import LaunchError, LRSyncError, collective_timeout
+from template.hooks import HookError
 from template.nonfinite import NonFiniteError
 from template.trainer import DriftError
 
@@ -55,7 +56,7 @@ def run(main: Callable[[Config, argparse.Namespace], object], description: str,
         main(cfg, args)
     except (ConfigError, LaunchError) as exc:
         fail(str(exc))
-    except (NonFiniteError, DriftError, LRSyncError, CheckpointWriteError) as exc:  # training went wrong: status 1
+    except (NonFiniteError, DriftError, LRSyncError, CheckpointWriteError, HookError) as exc:  # went wrong: status 1
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except Exception as exc:

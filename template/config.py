@@ -129,6 +129,14 @@ class TrackingConfig:
 
 
 @dataclass
+class HookConfig:
+    """One entry of `hooks:`: a registered hook (template/hooks/) and its constructor arguments."""
+
+    name: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     seed: int = 0
     output_dir: str = "runs/default"
@@ -141,6 +149,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    hooks: list[HookConfig] = field(default_factory=list)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -36,6 +36,7 @@ from template.distributed import (
     plain_model,
     replica_digests,
 )
+from template.hooks import HookContext, Hooks
 from template.losses import LOSSES
 from template.models import MODELS
 from template.optim import build_optimizer
@@ -60,6 +61,7 @@ class Parts:
     train_set: Dataset
     eval_set: Dataset | None
     updates_per_epoch: int
+    hooks: Hooks
 
 
 def import_plugins(cfg: Config) -> None:
@@ -90,7 +92,8 @@ def build_parts(cfg: Config, world_size: int = 1) -> Parts:
     updates_per_epoch = len(train_set) // t.batch_size  # type: ignore[arg-type]
     optimizer = build_optimizer(model, cfg.optimizer, cfg.seed)
     schedule = build_schedule(cfg.scheduler, optimizer, updates_per_epoch)
-    return Parts(model, loss_fn, optimizer, schedule, train_set, eval_set, updates_per_epoch)
+    hooks = Hooks(cfg.hooks)
+    return Parts(model, loss_fn, optimizer, schedule, train_set, eval_set, updates_per_epoch, hooks)
 
 
 def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = None) -> Parts:
@@ -109,19 +112,6 @@ def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = No
     if cfg.train.compile:
         check_compile(device)
     return parts
-
-
-def untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU copies safetensors can write: a tied tensor (the GPT's head and token embedding) is saved under
-    each of its names, since safetensors refuses two names on one storage."""
-    seen: set[int] = set()
-    result = {}
-    for name, tensor in state.items():
-        tensor = tensor.detach().cpu().contiguous()
-        ptr = tensor.untyped_storage().data_ptr()
-        result[name] = tensor.clone() if ptr in seen else tensor
-        seen.add(ptr)
-    return result
 
 
 @torch.no_grad()
@@ -188,12 +178,13 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
     model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
     if t.compile:
         compile_model(model)  # in place: names stay plain for checkpoints and digests
-    loss_fn, schedule = parts.loss_fn.to(device), parts.schedule
+    loss_fn, schedule, hooks = parts.loss_fn.to(device), parts.schedule, parts.hooks
 
     start, run_id = 0, None
     resumed = checkpoint.load_checkpoint(accelerator, model, candidates)
     if resumed is not None:
         schedule.load_state_dict(resumed.state["schedule"])
+        hooks.load_state_dict(resumed.state.get("hooks", {}))
         start, run_id = resumed.step, resumed.state.get("wandb_run_id")
         accelerator.print(f"resumed from {resumed.path} at update {start}")
     elif cfg.train.resume not in ("auto", "none"):
@@ -227,6 +218,9 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
 
     update = UpdateStep(accelerator, model, optimizer, loss_fn, t.grad_accum_steps, t.clip_grad_norm,
                         skip_nonfinite=t.nonfinite == "skip")
+    ctx = HookContext(accelerator, model, plain_model(accelerator, model), optimizer, out,
+                      (lambda: evaluate(accelerator, model, loss_fn, eval_loader, eval_steps)) if eval_loader else None)
+    stopped_early: str | None = None
 
     model.train()
     if cfg.distributed.sync_check_every:  # the first update's lr too (a strategy set up rank-dependently)
@@ -254,26 +248,37 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
             metrics["eval/loss"] = evaluate(accelerator, model, loss_fn, eval_loader, eval_steps)
         if applied:  # a skipped update (non-finite, fp16 overflow) does not advance the schedule: its clock
             schedule.after_update(step - skipped, metrics)  # counts applied updates, as torch's schedulers do
+        ctx.step = step
+        if hooks and applied:
+            hooks.after_update(ctx)
+        if hooks and "eval/loss" in metrics:
+            hooks.after_evaluate(ctx, metrics)
         if cfg.distributed.sync_check_every and step % cfg.distributed.sync_check_every == 0:
             check_lr_sync(accelerator, schedule, resync)
 
         if logging:
             elapsed = time.perf_counter() - window_start
-            tracker.log(training_row(step, lrs, loss_value, step / parts.updates_per_epoch,
-                                     throughput.rates(window_updates, elapsed),
-                                     grad_norm, skipped if t.nonfinite == "skip" or skipped else None))
+            row = training_row(step, lrs, loss_value, step / parts.updates_per_epoch,
+                               throughput.rates(window_updates, elapsed),
+                               grad_norm, skipped if t.nonfinite == "skip" or skipped else None)
+            if hooks:
+                hooks.on_log(ctx, row)
+            tracker.log(row)
             progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{next(iter(lrs.values())):.3g}", refresh=False)
             window_start, window_updates = time.perf_counter(), 0
         if "eval/loss" in metrics:
-            tracker.log({"step": step, "eval/loss": metrics["eval/loss"]})
+            tracker.log({"step": step, **{k: v for k, v in metrics.items() if k.startswith("eval/")}})
         progress.update(1)
 
         # a stop request is agreed on at log steps (a collective under DDP), at every update otherwise
         preempted = (world == 1 or logging) and stop.agreed(accelerator)
-        if preempted or (t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.max_steps)):
+        stopped_early = hooks.stop_reason(ctx) if hooks else None  # the same on every rank, by contract
+        last = step == t.max_steps or stopped_early is not None
+        if preempted or (t.checkpoint_every and (step % t.checkpoint_every == 0 or last)):
             nonfinite.assert_finite(model)
             checkpoint.save_checkpoint(accelerator, out, step, {
                 "step": step, "schedule": schedule.state_dict(), "wandb_run_id": tracker.run_id, "skipped": skipped,
+                "hooks": hooks.state_dict(),
             }, t.keep_checkpoints)
         if preempted:
             progress.close()
@@ -281,24 +286,31 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
             accelerator.print(f"stopped by signal {stop.signal or 'on another rank'} after update {step}; "
                               "checkpoint saved, rerun the same command to resume")
             return {"step": step, "preempted": True}
+        if stopped_early:
+            accelerator.print(f"stopped early after update {step}: {stopped_early}")
+            break
     progress.close()
     stop.restore()
 
-    timing = {"first_update_s": round(first_update_s or 0.0, 3), "compiled": t.compile}
-    return finish(accelerator, cfg, model, tracker, out, timing)
+    extra: dict[str, Any] = {"first_update_s": round(first_update_s or 0.0, 3), "compiled": t.compile}
+    if stopped_early:
+        extra["stopped_early"] = stopped_early
+    return finish(accelerator, cfg, model, tracker, out, ctx, hooks, extra)
 
 
 def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tracker, out: Path,
-           timing: dict[str, Any]) -> dict[str, Any]:
-    """Check replicas agree, then write model.safetensors, summary.json and the curves (rank 0).
-
-    `timing` says how long this process's first update took (with `compiled`, that is the compile time).
+           ctx: HookContext, hooks: Hooks, extra: dict[str, Any]) -> dict[str, Any]:
+    """Check replicas agree, let the hooks finish, then write model.safetensors, summary.json and the curves
+    (rank 0). `extra` goes into the summary: how long this process's first update took (with `compiled`,
+    that is the compile time), and why the run stopped early if it did.
     """
     digests = replica_digests(accelerator, model)
     drifted = first_drift(accelerator, model) if len(set(digests)) > 1 else None
     unwrapped = plain_model(accelerator, model)
-    summary = {"step": cfg.train.max_steps, "world_size": accelerator.num_processes,
-               "param_digest": digests[accelerator.process_index], "replica_digests": digests, **timing}
+    summary = {"step": ctx.step or cfg.train.max_steps, "world_size": accelerator.num_processes,
+               "param_digest": digests[accelerator.process_index], "replica_digests": digests, **extra}
+    if drifted is None:
+        hooks.on_end(ctx, summary)
     full: dict[str, torch.Tensor] | None = None
     if accelerator.distributed_type == DistributedType.FSDP and drifted is None:  # sharded: every rank checks
         nonfinite.assert_finite(unwrapped)                      # and gathers; the full tensors land on rank 0
@@ -307,7 +319,7 @@ def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tra
         if drifted is None:
             if full is None:
                 nonfinite.assert_finite(unwrapped)
-            save_file(untied(full or unwrapped.state_dict()), str(out / "model.safetensors"))
+            save_file(checkpoint.untied(full or unwrapped.state_dict()), str(out / "model.safetensors"))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.train.plots:
             from template.plotting import plot_training_curves  # matplotlib: 0.25 s of import, only at the end

@@ -1,0 +1,11 @@
+"""Hooks at the loop's events (`hooks: [{name, kwargs}]` in the config); see `base.py` for the events.
+
+Importing this package registers the shipped hooks, `ema` and `early_stopping`; a fork registers its own
+into `HOOKS` in a module listed under `imports:`.
+"""
+
+from template.hooks.base import HOOKS, Hook, HookContext, HookError, Hooks
+from template.hooks.early_stopping import EarlyStopping
+from template.hooks.ema import EMA
+
+__all__ = ["EMA", "HOOKS", "EarlyStopping", "Hook", "HookContext", "HookError", "Hooks"]
