@@ -2,10 +2,11 @@
 
 ema = decay * ema + (1 - decay) * weights, every `every` updates from update `start` (the first update at
 or after `start` copies the weights). It is computed on every rank from weights that DDP keeps identical,
-so the replicas' EMAs are equal too (summary.json: `ema_digest`, and `ema_replica_digests` from every rank). At each evaluation
-the EMA weights are swapped in and evaluated (`eval/loss_ema` beside `eval/loss`); at the end they are
-written to `model_ema.safetensors` under the model's own names. Its tensors travel in the checkpoint, so
-a resumed run continues the same average. Under FSDP the weights are sharded: not supported (an error).
+so the replicas' EMAs are equal too (summary.json: `ema_digest`, and `ema_replica_digests` from every
+rank). At each evaluation the EMA weights are swapped in and evaluated (`eval/loss_ema` beside
+`eval/loss`); at the end they are written to `model_ema.safetensors` under the model's own names. Its
+tensors travel in the checkpoint, so a resumed run continues the same average. Under FSDP the weights
+are sharded: not supported (an error).
 """
 
 from __future__ import annotations
