@@ -1,4 +1,4 @@
-"""Fork the template as a user would: copy it, add a loss and an lr strategy in your own package, train.
+"""Fork the template as a user would: copy it, add a loss, an lr strategy and a hook in your own package, train.
 
 README "Extending" promises that a new component is one small file that registers itself plus a config
 naming it under `imports:`, and that the trainer never changes. This test does exactly that in a copy of
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import template
+from template.hooks import HOOKS, Hook
 from template.losses import LOSSES
 from template.schedules.manual import MANUAL_STRATEGIES, ManualLR
 
@@ -63,6 +64,24 @@ class LinearDecay(ManualLR):
             group["lr"] = base * max(self.floor, 1 - update / self.total)
 
 
+@HOOKS.register("loss_trend")
+class LossTrend(Hook):
+    """Adds `loss_change` (this logged loss minus the previous one) to every training row."""
+
+    def __init__(self) -> None:
+        self.previous = None
+
+    def on_log(self, ctx, row):
+        row["loss_change"] = 0.0 if self.previous is None else row["loss"] - self.previous
+        self.previous = row["loss"]
+
+    def state_dict(self):
+        return {"previous": self.previous}
+
+    def load_state_dict(self, state):
+        self.previous = state["previous"]
+
+
 if os.environ.get("FORK_PROBE"):  # test hook: which `template` package did the trainer import?
     Path(os.environ["FORK_PROBE"]).write_text(json.dumps(
         {"file": template.__file__, "marker": getattr(template, "FORK_MARKER", None)}))
@@ -79,6 +98,7 @@ optimizer: {name: sgd, lr: 0.2}
 scheduler: {strategy: manual, name: linear_decay, kwargs: {total: 25, floor: 0.1}}
 train: {max_steps: 30, batch_size: 32, log_every: 1, eval_every: 0, checkpoint_every: 0, progress: false}
 tracking: {wandb: false}
+hooks: [{name: loss_trend}]
 """
 BASE_LR, TOTAL, FLOOR, SCALE, STEPS, SEED, BATCH = 0.2, 25, 0.1, 3.0, 30, 3, 32
 
@@ -145,7 +165,8 @@ def fork(tmp_path_factory):
 
 def test_fork_copies_the_template_and_leaves_the_trainer_alone(fork):
     root, *_ = fork
-    for name in ("template/trainer.py", "template/losses.py", "template/schedules/manual.py", "scripts/train.py"):
+    for name in ("template/trainer.py", "template/losses.py", "template/schedules/manual.py", "template/hooks/base.py",
+                 "scripts/train.py"):
         assert (root / name).read_bytes() == (ROOT / name).read_bytes(), name
     assert not (root / ".git").exists()
     assert not (ROOT / "myproject").exists()
@@ -179,6 +200,14 @@ def test_fork_run_used_the_new_lr_strategy_and_the_new_loss(fork):
     x, y = train.tensors[0][first], train.tensors[1][first]
     assert rows[1]["loss"] != pytest.approx(torch.nn.functional.mse_loss(x * 1.0, y).item(), rel=1e-3)
     assert rows[1]["loss"] == pytest.approx(SCALE * torch.log(torch.cosh(x - y)).mean().item(), rel=1e-6)
+
+
+def test_fork_hook_added_values_to_every_row(fork):
+    root, *_ = fork
+    rows = {r["step"]: r for r in read_metrics(root / "runs" / "fork") if "loss" in r}
+    assert rows[1]["loss_change"] == 0.0
+    for step in range(2, STEPS + 1):
+        assert rows[step]["loss_change"] == pytest.approx(rows[step]["loss"] - rows[step - 1]["loss"], abs=1e-12)
 
 
 def test_fork_component_typo_is_a_config_error(fork):
