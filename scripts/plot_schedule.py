@@ -5,7 +5,9 @@
         [key=value ...] --out lr.png
 
 Overrides apply to every config. Each config's param groups are drawn as separate curves, overlaid in
-one PNG with a legend; the schedule is simulated through the same interface the trainer drives.
+one PNG with a legend; the schedule is simulated through the same interface the trainer drives. What the
+trainer would warn about (a schedule ending before train.max_steps, an lr of 0 on update 1) is printed
+as `warning:` lines on stderr, and what it would refuse is refused here too.
 """
 
 import sys
@@ -29,13 +31,19 @@ def main(argv: list[str] | None = None) -> None:
 
     from template.plotting import plot_lr_curves
     from template.preview import preview_lr_curves
+    from template.schedules import check_schedule
 
     curves = {}
     try:
         for path in args.config or [None]:
             cfg = load_config(path, args.overrides)
             label = Path(path).stem if path else "default"
-            for group, curve in preview_lr_curves(cfg).items():
+            previewed = preview_lr_curves(cfg)
+            first_lrs = {group: lrs[0] for group, (_, lrs) in previewed.items() if lrs}
+            # updates per epoch is not known here: an epoch-interval schedule's horizon goes unchecked
+            for line in check_schedule(cfg.scheduler, cfg.train.max_steps, first_lrs, updates_per_epoch=None):
+                print(f"warning: {label}: {line}", file=sys.stderr)
+            for group, curve in previewed.items():
                 curves[label if group in ("default", "0") else f"{label} lr/{group}"] = curve
     except ConfigError as exc:
         fail(str(exc))

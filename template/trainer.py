@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,10 @@ from template.config import Config, ConfigError
 from template.data import DATASETS, GlobalBatchSampler, make_eval_loader, make_loader
 from template.distributed import (
     any_rank,
+    check_launch_env,
     check_lr_sync,
     first_drift,
+    launcher_world_size,
     make_accelerator,
     plain_model,
     replica_digests,
@@ -42,7 +44,7 @@ from template.models import MODELS
 from template.optim import build_optimizer
 from template.preemption import StopRequest
 from template.run_lock import RunLock
-from template.schedules import LRSchedule, build_schedule
+from template.schedules import LRSchedule, build_schedule, check_schedule
 from template.throughput import Throughput
 from template.tracking import Tracker, config_yaml, training_row
 from template.update import UpdateStep
@@ -62,6 +64,7 @@ class Parts:
     eval_set: Dataset | None
     updates_per_epoch: int
     hooks: Hooks
+    notes: list[str] = field(default_factory=list)  # warnings about the config, printed once before training
 
 
 def import_plugins(cfg: Config) -> None:
@@ -100,6 +103,7 @@ def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = No
     """Everything that can reject a config, before a write or a collective: the parts, the output_dir, the
     resume path, and what the device cannot do. Any bad input ends here as one ConfigError."""
     parts = build_parts(cfg, world_size)
+    parts.notes = check_schedule(cfg.scheduler, cfg.train.max_steps, parts.schedule.lrs(), parts.updates_per_epoch)
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir", f"{out} exists and is not a directory")
@@ -159,9 +163,13 @@ def train(cfg: Config) -> dict[str, Any]:
         host_memory.keep_freed_memory()  # before the first tensors: no page faults on every update's activations
     if cfg.train.deterministic:
         use_deterministic_kernels()
+    check_launch_env()
+    parts = preflight(cfg, launcher_world_size())  # every check of the config before a process group exists
     accelerator = make_accelerator(cfg.train.mixed_precision, log_with="wandb" if cfg.tracking.wandb else None,
                                    timeout_s=cfg.distributed.timeout_s)
-    parts = preflight(cfg, accelerator.num_processes, accelerator.device)
+    if accelerator.is_main_process:
+        for note in parts.notes:
+            print(f"warning: {note}", flush=True)
     lock = lock_output_dir(accelerator, Path(cfg.output_dir))  # one live run per output_dir
     try:
         return run_training(cfg, accelerator, parts)

@@ -4,6 +4,10 @@
 gives a formula over `step`, `epoch` and `scheduler.constants`, parsed through a whitelist (never
 `eval`). The multiplier is a closure, not an object, so `LambdaLR.state_dict()` stays plain data
 that loads with `weights_only=True`.
+
+Hugging Face's named schedules (`linear`, `cosine`, ..., template/schedules/named.py) are registered
+here too: their factory returns a `Formula`, bound to each param group's own base lr (LambdaLR takes
+one lambda per group), since `polynomial`'s `lr_end` is an absolute lr.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from template.config import ConfigError, SchedulerConfig
 from template.registry import Registry
 from template.schedules.base import STRATEGIES
 from template.schedules.expression import ExpressionError, compile_expression
+from template.schedules.named import Formula, build_formula, on_named_schedule
 
 Multiplier = Callable[[int], float]
-LAMBDAS: Registry[Callable[..., Multiplier]] = Registry("lr lambda", "scheduler.name")
+# a factory returns one multiplier for every group, or a Formula that is bound per group
+LAMBDAS: Registry[Callable[..., Multiplier | Formula]] = Registry("lr lambda", "scheduler.name")
 
 
 @LAMBDAS.register("halving")
@@ -28,9 +34,16 @@ def halving(every: int = 10, gamma: float = 0.5) -> Multiplier:
     return lambda count: gamma ** (count // every)
 
 
-@LAMBDAS.register("constant")
-def constant() -> Multiplier:
-    return lambda count: 1.0
+def _expose_named(name: str) -> None:
+    """Every named schedule is a lambda too (`constant` among them: a multiplier of 1, as before)."""
+    def factory(**kwargs: object) -> Formula:
+        return build_formula(name, kwargs)
+
+    factory.__doc__ = f"Hugging Face's '{name}' schedule (template/schedules/named.py)."
+    LAMBDAS.add(name, factory)
+
+
+on_named_schedule(_expose_named)
 
 
 def expression_multiplier(
@@ -56,6 +69,8 @@ def expression_multiplier(
 def build_lambda(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> LambdaLR:
     if cfg.expression is not None:
         fn = expression_multiplier(cfg.expression, dict(cfg.constants), cfg.interval, updates_per_epoch)
-    else:
-        fn = LAMBDAS.build(cfg.name, **cfg.kwargs)
-    return LambdaLR(optimizer, lr_lambda=fn)
+        return LambdaLR(optimizer, lr_lambda=fn)
+    made = LAMBDAS.build(cfg.name, **cfg.kwargs)
+    if isinstance(made, Formula):
+        return LambdaLR(optimizer, lr_lambda=made.bind_groups(optimizer))
+    return LambdaLR(optimizer, lr_lambda=made)

@@ -3,11 +3,15 @@
 Each `get_lr` is a closed form of `last_epoch` (the scheduler's own count of steps) and `base_lrs`,
 so there is no `_last_lr` to pre-seed (the tutorial's `MyLR` hack), no drift from repeated
 multiplication, and a restored `last_epoch` alone resumes the curve exactly.
+
+Hugging Face's named schedules (`linear`, `cosine`, ..., template/schedules/named.py) are registered
+here as `NamedLR` subclasses, one per name, evaluating the same formula the lambda strategy does.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar, cast
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -15,6 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from template.config import SchedulerConfig
 from template.registry import Registry
 from template.schedules.base import STRATEGIES
+from template.schedules.named import build_formula, on_named_schedule
 
 SUBCLASS_SCHEDULERS: Registry[type[LRScheduler]] = Registry("subclass lr scheduler", "scheduler.name")
 
@@ -57,6 +62,38 @@ class WarmupCosineLR(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         return [float(base) * self.multiplier(self.last_epoch) for base in self.base_lrs]
+
+
+class NamedLR(LRScheduler):
+    """A named schedule as an LRScheduler: lr = base_lr * formula(last_epoch, base_lr), per param group.
+
+    `schedule_name` picks the formula; the config's kwargs are its (Hugging Face) arguments. The bound
+    per-group formulas are closures rebuilt from the config, so they stay out of `state_dict()`, which
+    remains plain data (`last_epoch` alone resumes the curve).
+    """
+
+    schedule_name: ClassVar[str] = ""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, last_epoch: int = -1, **kwargs: Any) -> None:
+        self.multipliers = build_formula(self.schedule_name, kwargs).bind_groups(optimizer)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        return [float(base) * m(self.last_epoch) for m, base in zip(self.multipliers, self.base_lrs, strict=True)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "multipliers")}
+
+
+def named_lr_class(name: str) -> type[NamedLR]:
+    """The `NamedLR` subclass that evaluates the named schedule `name`."""
+    return cast(type[NamedLR], type(f"NamedLR[{name}]", (NamedLR,), {
+        "schedule_name": name, "__module__": __name__,
+        "__doc__": f"Hugging Face's '{name}' schedule (template/schedules/named.py) as an LRScheduler.",
+    }))
+
+
+on_named_schedule(lambda name: SUBCLASS_SCHEDULERS.add(name, named_lr_class(name)))
 
 
 @STRATEGIES.register("subclass")
