@@ -104,6 +104,13 @@ def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = No
     resume path, and what the device cannot do. Any bad input ends here as one ConfigError."""
     parts = build_parts(cfg, world_size)
     parts.notes = check_schedule(cfg.scheduler, cfg.train.max_steps, parts.schedule.lrs(), parts.updates_per_epoch)
+    s, t = cfg.scheduler, cfg.train
+    if s.interval == "epoch" and t.max_steps < parts.updates_per_epoch:
+        raise ConfigError("scheduler.interval", f"'epoch' steps the lr once per epoch ({parts.updates_per_epoch} "
+                                                f"updates), but train.max_steps is {t.max_steps}: it never changes")
+    if parts.schedule.needs_metric and s.monitor.startswith("eval/") and not (t.eval_every and parts.eval_set):
+        raise ConfigError("scheduler.monitor", f"'{s.monitor}' is never produced: this run does not evaluate "
+                                               "(set train.eval_every, or monitor train/loss)")
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir", f"{out} exists and is not a directory")

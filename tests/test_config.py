@@ -86,6 +86,10 @@ BAD_INPUTS = [
     (["seed=-1"], "seed", "must be in [0, 2**32)"),
     (["train.mixed_precision=fp16"], "train.mixed_precision", "fp16 needs a CUDA device"),
     (["distributed.timeout_s=0"], "distributed.timeout_s", "must be in [1, 86400]"),
+    (["scheduler.interval=epoch", "train.max_steps=20"], "scheduler.interval", "it never changes"),
+    (["scheduler.name=ReduceLROnPlateau", "scheduler.kwargs={}", "scheduler.monitor=eval/loss", "train.eval_every=0"],
+     "scheduler.monitor", "'eval/loss' is never produced"),
+    (["scheduler.strategy=lambda", "scheduler.expression=step / 10"], "scheduler.expression", "lr 0"),
 ]
 
 
