@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from template.checkpoint import TRAINER_STATE, checkpoint_root, complete_checkpoints
 from template.data import GlobalBatchSampler
+from template.run_lock import LOCK_FILE
 
 from conftest import read_metrics, read_summary, train_rows
 from harness import Launched, assert_same_training, last_logged_step, train, wait_for_step
@@ -64,8 +65,11 @@ def truncate(path: Path, size: int | None = None) -> None:
 
 
 def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Every path under root (root included) with its mtime and, for files, its bytes."""
-    return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_mtime_ns, None if p.is_dir() else p.read_bytes())
+    """Every path under root (root included) with its mtime and, for files, its bytes. The run's lock file
+    is compared by its bytes alone: a run must hold the lock before it reads a checkpoint, so a refused
+    resume writes and empties it (template/run_lock.py); nothing else may change."""
+    return {str(p.relative_to(root)): (p.is_dir(), None if p.name == LOCK_FILE else p.stat().st_mtime_ns,
+                                       None if p.is_dir() else p.read_bytes())
             for p in [root, *sorted(root.rglob("*"))]}
 
 
