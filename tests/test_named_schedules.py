@@ -15,7 +15,6 @@ import sys
 import warnings
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +31,7 @@ from template.schedules import (
 )
 
 from conftest import ROOT, clean_env
+from schedule_curves import curve, make_optimizer, resumed_curve
 
 NAMES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
          "inverse_sqrt", "warmup_stable_decay", "cosine_with_min_lr", "cosine_warmup_with_min_lr"]
@@ -176,21 +176,8 @@ def reference(name: str, kwargs: dict, lr_init: float):
 # -- driving a schedule as the trainer does ------------------------------------------------------------------
 
 
-def make_optimizer(lrs=(0.1,)):
-    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr, "name": f"g{i}"} for i, lr in enumerate(lrs)]
-    return torch.optim.SGD(groups, lr=lrs[0])
 
 
-def curve(cfg: SchedulerConfig, steps: int, lrs=(0.1,), updates_per_epoch: int = 1000):
-    """Per update 1..steps, the lr of each group that update uses, through `LRSchedule`."""
-    optimizer = make_optimizer(lrs)
-    schedule = build_schedule(cfg, optimizer, updates_per_epoch)
-    out = []
-    for update in range(1, steps + 1):
-        out.append(list(schedule.lrs().values()))
-        optimizer.step()
-        schedule.after_update(update)
-    return out
 
 
 def expected(name: str, kwargs: dict, steps: int, lrs=(0.1,)):
@@ -323,24 +310,7 @@ def test_absolute_end_lrs_are_reached_by_every_group(strategy):
 def test_state_round_trip_mid_schedule(tmp_path, strategy, name, kwargs):
     """Stop at update 13, save as a checkpoint does (weights_only), restore into fresh objects, go on."""
     cfg = SchedulerConfig(strategy, name, kwargs)
-    full = curve(cfg, 30, lrs=(0.1, 0.3))
-    optimizer = make_optimizer((0.1, 0.3))
-    schedule = build_schedule(cfg, optimizer, 1000)
-    for update in range(1, 14):
-        optimizer.step()
-        schedule.after_update(update)
-    torch.save({"schedule": schedule.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "s.pt")
-    saved = torch.load(tmp_path / "s.pt", weights_only=True)
-    optimizer2 = make_optimizer((0.1, 0.3))
-    schedule2 = build_schedule(cfg, optimizer2, 1000)
-    optimizer2.load_state_dict(saved["optimizer"])
-    schedule2.load_state_dict(saved["schedule"])
-    resumed = []
-    for update in range(14, 31):
-        resumed.append(list(schedule2.lrs().values()))
-        optimizer2.step()
-        schedule2.after_update(update)
-    assert resumed == full[13:]
+    assert resumed_curve(cfg, tmp_path) == curve(cfg, 30, lrs=(0.1, 0.3))[13:]
 
 
 def test_epoch_interval_counts_epochs():

@@ -5,30 +5,13 @@ from __future__ import annotations
 import copy
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from template.config import ConfigError, SchedulerConfig
 from template.schedules import build_schedule
 
-
-def make_optimizer(lrs=(0.1,)):
-    params = [torch.nn.Parameter(torch.zeros(1)) for _ in lrs]
-    groups = [{"params": [p], "lr": lr, "name": f"g{i}"} for i, (p, lr) in enumerate(zip(params, lrs, strict=True))]
-    return torch.optim.SGD(groups, lr=lrs[0])
-
-
-def curve(cfg: SchedulerConfig, steps: int, lrs=(0.1,), updates_per_epoch: int = 1000, metrics=None):
-    """lr (per group) used by updates 1..steps when driven through the trainer's interface."""
-    optimizer = make_optimizer(lrs)
-    schedule = build_schedule(cfg, optimizer, updates_per_epoch)
-    out = []
-    for update in range(1, steps + 1):
-        out.append(list(schedule.lrs().values()))
-        optimizer.step()
-        schedule.after_update(update, metrics(update) if metrics else None)
-    return out
+from schedule_curves import curve, make_optimizer, resumed_curve
 
 
 def assert_curves_close(a, b, rel=1e-9):
@@ -148,25 +131,7 @@ def test_state_round_trip_mid_schedule(tmp_path, cfg):
         return {"train/loss": 1.0 / (1 + update % 3)}
 
     full = curve(cfg, 30, lrs=(0.1, 0.3), metrics=metrics)
-
-    optimizer = make_optimizer((0.1, 0.3))
-    schedule = build_schedule(cfg, optimizer, 1000)
-    for update in range(1, 14):
-        optimizer.step()
-        schedule.after_update(update, metrics(update))
-    torch.save({"schedule": schedule.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "s.pt")
-
-    saved = torch.load(tmp_path / "s.pt", weights_only=True)
-    optimizer2 = make_optimizer((0.1, 0.3))
-    schedule2 = build_schedule(cfg, optimizer2, 1000)
-    optimizer2.load_state_dict(saved["optimizer"])
-    schedule2.load_state_dict(saved["schedule"])
-    resumed = []
-    for update in range(14, 31):
-        resumed.append(list(schedule2.lrs().values()))
-        optimizer2.step()
-        schedule2.after_update(update, metrics(update))
-    assert resumed == full[13:]
+    assert resumed_curve(cfg, tmp_path, metrics=metrics) == full[13:]
 
 
 def test_state_dict_is_plain_data():
