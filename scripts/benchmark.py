@@ -79,9 +79,10 @@ Sections (all by default; `--quick`: few steps, one repeat, small model only, no
   each with compile off (`eager`) and on (`compile`: train.compile=true for the trainer, the same in-place
   `model.compile()` for the raw loops), the six runs of a repeat in rotated order, timed as above (tokens/s
   = updates/s x batch x block). Compile time stays out of the rate (it falls in the warm-up updates) and
-  is reported apart: each compiled run starts with an empty inductor cache (TORCHINDUCTOR_CACHE_DIR), so
-  its first update is a cold compile (`first_update_s`; the trainer's from its summary.json); compile
-  on/off speedup per loop is the median of per-repeat ratios. The model: on CPU configs/gpt.yaml's as
+  is reported apart as the first update's time less the eager one's (the trainer's from its summary.json):
+  each loop has its own inductor cache (TORCHINDUCTOR_CACHE_DIR), empty at the first repeat (`cold`), warm
+  at the later ones (`warm`, what a rerun sees). Compile on/off speedup per loop is the median of
+  per-repeat ratios. The model: on CPU configs/gpt.yaml's as
   shipped (4 layers, 4 heads, 128 wide, block 128), batch 16; with `--device cuda` GPT-2 small's shape
   (12 x 12 x 768, block 1024, byte vocabulary), batch 16, bf16 (train.mixed_precision=bf16, torch.autocast
   in the raw loop), with MFU where the GPU's peak is known (template/throughput.py) beside the trainer's
@@ -233,12 +234,15 @@ class StepClock:
         self._handle.remove()
 
     def rates(self) -> dict[str, float]:
-        """Updates per second of wall time and per CPU-second, over updates warmup+1..total."""
+        """Updates per second of wall time and per CPU-second, over updates warmup+1..total; and one over the
+        median update's wall time (`wall_median`: a cross-check that a burst of other work barely moves)."""
         if len(self.wall) != self.total:
             raise RuntimeError(f"expected {self.total} optimizer updates, the hook saw {len(self.wall)}")
         n = self.total - self.warmup
+        timed = self.wall[self.warmup - 1:]
         return {"wall": n / (self.wall[-1] - self.wall[self.warmup - 1]),
-                "cpu": n / max(self.cpu[-1] - self.cpu[self.warmup - 1], 1e-9)}
+                "cpu": n / max(self.cpu[-1] - self.cpu[self.warmup - 1], 1e-9),
+                "wall_median": 1 / max(statistics.median(b - a for a, b in itertools.pairwise(timed)), 1e-12)}
 
 
 def best_per_call_us(trainer_way: Callable[[], object], raw_way: Callable[[], object], calls: int,
@@ -485,7 +489,7 @@ def loop_in_worker(args: argparse.Namespace, loop: str, spec: ModelSpec | GPTSpe
     result = out_dir.with_suffix(".json")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-loop", loop, "--worker-model", spec.name,
            "--worker-out", str(result), "--threads", str(args.threads), "--device", device.type,
-           *([f"--worker-measured={spec.measured}", f"--worker-warmup={spec.warmup}"] if args.quick else []),
+           f"--worker-measured={spec.measured}", f"--worker-warmup={spec.warmup}",
            *(extra or [])]
     env = child_env(args.threads, **({"CUDA_VISIBLE_DEVICES": ""} if device.type == "cpu" else {}), **env)
     data = run_worker_process(cmd, env, result)
@@ -1097,9 +1101,13 @@ def section_gpt(args: argparse.Namespace, device: torch.device, workdir: Path) -
     """Tokens/s of the trainer and of the nanoGPT-style loop on the same GPT, compile off and on, side by side.
 
     Every run is a fresh worker process timed as in the throughput section; each repeat runs every
-    (loop, mode) once, in rotated order. With compile on, each run gets an empty inductor cache
-    (TORCHINDUCTOR_CACHE_DIR), so its first update is a cold compile: that time is reported apart
-    (`first_update_s`) and the warm-up updates keep it out of the rate.
+    (mode, loop) once. The runs a ratio compares go back to back (a slow spell of a shared machine hits
+    them alike): the modes alternate from repeat to repeat and the loop that goes first rotates. With
+    compile on, each loop has its own inductor cache (TORCHINDUCTOR_CACHE_DIR), empty at the first repeat:
+    the first update compiles (cold at the first repeat, from the cache later), the warm-up updates keep
+    that out of the rate and `compile_s` reports it apart. Beside the wall-clock ratios (the targets'):
+    `cpu_ratios`, and `median_update_ratios` (one over the median update time: a burst of other work on
+    the machine slows a few updates, not the median).
     """
     from template.gpt import GPT
     from template.throughput import device_peak_flops
@@ -1114,9 +1122,11 @@ def section_gpt(args: argparse.Namespace, device: torch.device, workdir: Path) -
     same_params: dict[str, list[bool]] = {mode: [] for mode in modes}
     for r in range(args.repeats):
         digests: dict[tuple[str, str], str] = {}
-        for mode, loop in variants[r % len(variants):] + variants[:r % len(variants)]:
+        shift = r % len(GPT_LOOPS)
+        for mode, loop in [(mode, loop) for mode in (modes if r % 2 == 0 else modes[::-1])
+                           for loop in GPT_LOOPS[shift:] + GPT_LOOPS[:shift]]:
             name = f"gpt-{mode}-{loop}-{r}"
-            env = {"TORCHINDUCTOR_CACHE_DIR": str(workdir / f"{name}-inductor")} if mode == "compile" else {}
+            env = {"TORCHINDUCTOR_CACHE_DIR": str(workdir / f"gpt-inductor-{loop}")} if mode == "compile" else {}
             rates, info = loop_in_worker(args, loop, spec, workdir / name, device,
                                          [f"--worker-data={data_dir}", *(["--worker-compile"] if mode == "compile"
                                                                          else [])], **env)
@@ -1143,7 +1153,11 @@ def section_gpt(args: argparse.Namespace, device: torch.device, workdir: Path) -
         result["modes"][mode] = {
             "tokens_per_s": tokens, **cmp,
             "first_update_s": {loop: statistics.median(first_update[mode, loop]) for loop in GPT_LOOPS},
+            "first_update_runs_s": {loop: first_update[mode, loop] for loop in GPT_LOOPS},
             "same_params_as_trainer": all(same_params[mode]),
+            "median_update_ratios": {f"trainer_vs_{loop}": statistics.median(
+                t["wall_median"] / o["wall_median"] for t, o in zip(runs[mode, "trainer"], runs[mode, loop],
+                                                                    strict=True)) for loop in GPT_LOOPS[:-1]},
             "trainer_logged": {k: statistics.median(x[k] for x in logged[mode]) for k in logged[mode][0]}
             if logged[mode] else {},
         }
@@ -1154,8 +1168,12 @@ def section_gpt(args: argparse.Namespace, device: torch.device, workdir: Path) -
             loop: statistics.median(c["wall"] / e["wall"] for c, e in zip(runs["compile", loop], runs["eager", loop],
                                                                             strict=True))
             for loop in GPT_LOOPS}
-        result["compile_s"] = {loop: result["modes"]["compile"]["first_update_s"][loop]
-                               - result["modes"]["eager"]["first_update_s"][loop] for loop in GPT_LOOPS}
+        result["compile_s"] = {}  # the first update's time over the eager one's: cold cache, then warm
+        for loop in GPT_LOOPS:
+            eager, compiled = statistics.median(first_update["eager", loop]), first_update["compile", loop]
+            result["compile_s"][loop] = {"cold": compiled[0] - eager,
+                                         "warm": statistics.median(compiled[1:]) - eager if len(compiled) > 1
+                                         else None}
     else:
         result["notes"] = ["compile off only (--quick / --no-compile)"]
     return result
@@ -1297,26 +1315,33 @@ def print_report(results: dict[str, Any]) -> None:
         print(f"\n-- gpt: trainer vs nanoGPT-style loop (n_layer {s['n_layer']}, n_head {s['n_head']}, n_embd "
               f"{s['n_embd']}, block {s['block_size']}, batch {s['batch']} = {g['tokens_per_update']} tokens an update"
               f"{', bf16' if g['mixed_precision'] else ''}; {s['measured']} timed updates after {s['warmup']} warm-up)")
-        print(f"{'mode':8s} {'loop':14s} {'tokens/s':>10s} {'min':>9s} {'max':>9s} {'ms/update':>10s} "
-              f"{'trainer is':>10s} {'(per repeat)':>13s} {'per CPU-s':>10s} {'1st update':>10s}"
+        print(f"{'':61s} {' trainer is ':-^37s}")
+        print(f"{'mode':8s} {'loop':14s} {'tokens/s':>9s} {'min':>8s} {'max':>8s} {'ms/update':>9s} "
+              f"{'wall':>7s} {'(per repeat)':>13s} {'CPU':>7s} {'median':>7s} {'1st update':>10s}"
               + (f" {'MFU':>6s}" if g["peak_flops"] else ""))
         for mode, m in g["modes"].items():
             for loop, v in m["tokens_per_s"].items():
-                ratio = spread = ""
+                ratio = spread = cpu = median = ""
                 if loop != "trainer":
-                    ratio = f"{m['ratios']['trainer_vs_' + loop]:.3f}x"
-                    spread = "-".join(f"{f(m['paired_ratios']['trainer_vs_' + loop]):.2f}" for f in (min, max))
-                print(f"{mode:8s} {loop:14s} {v['median']:10.0f} {v['min']:9.0f} {v['max']:9.0f} "
-                      f"{m['update_time_us'][loop] / 1e3:10.1f} {ratio:>10s} {spread:>13s} "
-                      f"{m['cpu_updates_per_s'][loop]['median'] * g['tokens_per_update']:10.0f} "
-                      f"{m['first_update_s'][loop]:9.2f}s" + (f" {m['mfu'][loop]:6.1%}" if "mfu" in m else ""))
+                    key = f"trainer_vs_{loop}"
+                    ratio, cpu = f"{m['ratios'][key]:.3f}x", f"{m['cpu_ratios'][key]:.3f}x"
+                    median = f"{m['median_update_ratios'][key]:.3f}x"
+                    spread = "-".join(f"{f(m['paired_ratios'][key]):.2f}" for f in (min, max))
+                first = "/".join(f"{x:.1f}" for x in m["first_update_runs_s"][loop][:2]) if mode == "compile" else (
+                    f"{m['first_update_s'][loop]:.2f}")
+                print(f"{mode:8s} {loop:14s} {v['median']:9.0f} {v['min']:8.0f} {v['max']:8.0f} "
+                      f"{m['update_time_us'][loop] / 1e3:9.1f} {ratio:>7s} {spread:>13s} {cpu:>7s} {median:>7s} "
+                      f"{first:>9s}s" + (f" {m['mfu'][loop]:6.1%}" if "mfu" in m else ""))
             logged = m["trainer_logged"]
             print(f"{mode:8s} trainer's own rows: {logged.get('tokens_per_s', float('nan')):.0f} tokens/s"
                   + (f", MFU {logged['mfu']:.1%}" if "mfu" in logged else "")
                   + f"; nanoGPT loops end with the trainer's exact parameters: {m['same_params_as_trainer']}")
         if "compile_speedup" in g:
-            print("compile on / off, tokens/s: " + ", ".join(
-                f"{loop} {x:.3f}x (compile {g['compile_s'][loop]:.1f} s)" for loop, x in g["compile_speedup"].items()))
+            print("compile on / off, tokens/s (and compile seconds: cold cache, warm cache): " + ", ".join(
+                f"{loop} {x:.3f}x ({g['compile_s'][loop]['cold']:.1f} s, " + (
+                    f"{warm:.1f} s)" if (warm := g["compile_s"][loop]["warm"]) is not None else "-)")
+                for loop, x in g["compile_speedup"].items()))
+            print("(1st update column, compile: the first repeat's / the second's, cold / warm inductor cache)")
         for note in g.get("notes", []):
             print(f"note: {note}")
     print("\n-- targets")
