@@ -20,7 +20,7 @@ fi
 mkdir -p "$OUT"
 "$PY" -c "import torch; print('gpu_check:', torch.cuda.device_count(), 'x', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| CUDA', torch.version.cuda)"
 
-timeout "${GPU_CHECK_TEST_S:-420}" "$PY" -m pytest -m gpu tests/test_gpu.py tests/test_fsdp.py -p no:cacheprovider \
+timeout "${GPU_CHECK_TEST_S:-420}" "$PY" -m pytest -m gpu tests/test_gpu.py tests/test_fsdp.py -n 0 -p no:cacheprovider \
     -q -rA --junitxml="$OUT/junit.xml" > "$OUT/pytest.log" 2>&1
 status=$?
 

@@ -2,8 +2,8 @@
 
 Unit checks of the model (activation checkpointing, FLOPs, tied head), the token files (windows, batched
 reads, bad files, resident memory far below the file size) and prepare_text.py (bytes round-trip); then
-real runs of a tiny configs/gpt.yaml: a kill and resume is bit-identical, 2 processes agree with 1,
-compile on agrees with compile off and resumes across the switch in both directions, bf16 trains with
+real runs of a tiny configs/gpt.yaml: a kill and resume is bit-identical, a compiled 2-process run agrees
+with an eager 1-process one, runs resume across the compile switch in both directions, bf16 trains with
 the fp32 run's lr column.
 """
 
@@ -302,15 +302,32 @@ def test_gpt_kill_and_resume_is_bit_identical(corpus, reference, tmp_path):
     assert_same_training(reference, out)
 
 
+@pytest.fixture(scope="module")
+def compiled_two(corpus, tmp_path_factory) -> Path:
+    """The tiny GPT compiled, on 2 gloo processes under accelerate launch (DDP graphs split at the buckets)."""
+    out = tmp_path_factory.mktemp("gpt_compiled_two")
+    run_train(*tiny_args(corpus), "train.compile=true", "train.eval_every=0", f"output_dir={out}",
+              launcher="accelerate", nproc=2, timeout=400)
+    return out
+
+
 @pytest.mark.e2e
-def test_compile_on_and_off_train_alike_and_resume_across_the_switch(corpus, reference, tmp_path):
-    compiled = tmp_path / "compiled"
-    run_train(*tiny_args(corpus), "train.compile=true", "train.eval_every=0", f"output_dir={compiled}", timeout=400)
-    assert_close_training(compiled, reference)
-    names = set(load_file(compiled / "model.safetensors"))
+@pytest.mark.ddp
+def test_gpt_compiled_on_two_processes_matches_one_eager_process(compiled_two, reference):
+    """Compile on vs off and 2 processes vs 1 at once: the same updates, to float rounding."""
+    summary = read_summary(compiled_two)
+    assert summary["world_size"] == 2 and len(set(summary["replica_digests"])) == 1 and summary["compiled"]
+    assert_close_training(compiled_two, reference)
+    names = set(load_file(compiled_two / "model.safetensors"))
     assert names == set(load_file(reference / "model.safetensors")) and not any("_orig_mod" in n for n in names)
-    # compile off resumes from the compiled run's checkpoint, compile on from the eager one's
-    for source, switch in ((compiled, "false"), (reference, "true")):
+
+
+@pytest.mark.e2e
+@pytest.mark.ddp
+def test_a_run_resumes_across_the_compile_switch_both_ways(corpus, reference, compiled_two, tmp_path):
+    """Compile off resumes (on 1 process) from the compiled 2-process run's checkpoint, compile on from the
+    eager one's: checkpoints do not depend on the switch."""
+    for source, switch in ((compiled_two, "false"), (reference, "true")):
         out = tmp_path / f"from_{source.name}"
         checkpoint = source / "checkpoints" / "step_00000018"
         proc = run_train(*tiny_args(corpus), f"train.compile={switch}", "train.eval_every=0",
@@ -318,19 +335,6 @@ def test_compile_on_and_off_train_alike_and_resume_across_the_switch(corpus, ref
         assert f"resumed from {checkpoint} at update 18" in proc.stdout
         assert sorted(train_rows(out)) == list(range(19, 25))
         assert_close_weights(out, reference)
-
-
-@pytest.mark.e2e
-@pytest.mark.ddp
-def test_gpt_on_two_processes_with_compile_matches_one_process(corpus, reference, tmp_path):
-    """accelerate launch on 2 gloo processes, compiled (DDP graphs split at the gradient buckets): the same
-    updates as 1 eager process, to float rounding."""
-    out = tmp_path / "two"
-    run_train(*tiny_args(corpus), "train.compile=true", "train.eval_every=0", f"output_dir={out}",
-              launcher="accelerate", nproc=2, timeout=400)
-    summary = read_summary(out)
-    assert summary["world_size"] == 2 and len(set(summary["replica_digests"])) == 1 and summary["compiled"]
-    assert_close_training(out, reference)
 
 
 @pytest.mark.e2e
