@@ -100,13 +100,13 @@ def test_early_stopping_ends_the_run_like_a_normal_one_on_every_rank(tmp_path, n
 
 @pytest.mark.e2e
 def test_resume_with_hooks_on_is_bit_identical_including_the_ema(tmp_path):
-    args = ("--config", SEED, "imports=[plugins.pace]", *QUIET, "train.max_steps=40", "train.log_every=1",
+    args = ("--config", SEED, "imports=[plugins.pace]", *QUIET, "train.max_steps=30", "train.log_every=1",
             "train.checkpoint_every=5", "train.eval_every=10",
             "hooks=[{name: ema, kwargs: {decay: 0.8, start: 3}}, {name: early_stopping, kwargs: {patience: 50}}]")
     reference, out = tmp_path / "reference", tmp_path / "killed"
     run_train(*args, f"output_dir={reference}", env=__import__("harness").plugin_env())
     run = Launched(args, out, FT_PACE_S="0.05")
-    wait_for_step(run, 17)
+    wait_for_step(run, 12)
     time.sleep(0.02)
     run.kill_group()
     run.finish()

@@ -68,7 +68,7 @@ def snapshot(root: Path) -> dict[str, tuple[bool, bytes | None]]:
             for p in [root, *sorted(root.rglob("*"))]}
 
 
-EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "200"))  # HYPOTHESIS_EXAMPLES=5000 for a deeper search
+EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "150"))  # HYPOTHESIS_EXAMPLES=5000 for a deeper search
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
