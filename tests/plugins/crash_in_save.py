@@ -34,25 +34,29 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _half_written(output_dir: str | None) -> Path | None:
+    """After Accelerate wrote checkpoint TARGET's files: cut its model file in half, return the directory."""
+    if output_dir is None or Path(output_dir).name != TARGET:
+        return None
+    model = Path(output_dir) / "model.safetensors"
+    with model.open("r+b") as f:
+        f.truncate(model.stat().st_size // 2)
+    return Path(output_dir)
+
+
 def _crashing_save_state(self: Accelerator, output_dir: str | None = None, *args, **kwargs):  # type: ignore[no-untyped-def]
     result = _save_state(self, output_dir, *args, **kwargs)
-    if output_dir is not None and Path(output_dir).name == TARGET:
-        model = Path(output_dir) / "model.safetensors"
-        with model.open("r+b") as f:
-            f.truncate(model.stat().st_size // 2)
-        (Path(output_dir) / "optimizer.bin").unlink()
+    if (written := _half_written(output_dir)) is not None:
+        (written / "optimizer.bin").unlink()
         _die()
     return result
 
 
 def _failing_save_state(self: Accelerator, output_dir: str | None = None, *args, **kwargs):  # type: ignore[no-untyped-def]
     result = _save_state(self, output_dir, *args, **kwargs)
-    if output_dir is not None and Path(output_dir).name == TARGET:
-        model = Path(output_dir) / "model.safetensors"
-        with model.open("r+b") as f:
-            f.truncate(model.stat().st_size // 2)
+    if (written := _half_written(output_dir)) is not None:
         code = getattr(errno, STAGE)
-        raise OSError(code, os.strerror(code), str(Path(output_dir) / "optimizer.bin"))
+        raise OSError(code, os.strerror(code), str(written / "optimizer.bin"))
     return result
 
 
