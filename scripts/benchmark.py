@@ -652,9 +652,9 @@ def section_overhead(args: argparse.Namespace, device: torch.device, workdir: Pa
 
     from template.data import GlobalBatchSampler, make_loader
     from template.distributed import make_accelerator
+    from template.parts import build_parts
     from template.schedules.subclass import WarmupCosineLR
     from template.tracking import Tracker, training_row
-    from template.trainer import build_parts
     from template.update import UpdateStep
 
     torch.set_num_threads(args.threads)

@@ -43,7 +43,7 @@ def preserved_rng() -> Iterator[None]:
 
 
 def _build(cfg: Config) -> Any:
-    from template.trainer import build_parts  # the trainer imports tracking, which imports this lazily
+    from template.parts import build_parts
 
     try:
         with torch.device("meta"):

@@ -38,7 +38,7 @@ import re
 import secrets
 import string
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlparse
@@ -234,7 +234,7 @@ class Tracker:
     """
 
     def __init__(self, accelerator: Accelerator, cfg: Config, run_id: str | None = None,
-                 start_step: int = 0) -> None:
+                 start_step: int = 0, draw_preview: Callable[[Path], Path] | None = None) -> None:
         self.accelerator = accelerator
         self.enabled = accelerator.is_main_process
         self.wandb = cfg.tracking.wandb
@@ -242,6 +242,7 @@ class Tracker:
         self.start_step = start_step
         self.wandb_from = 0  # lowest step the W&B run accepts (0 unless an online resume)
         self._run: Any = None
+        self._draw_preview = draw_preview  # the caller's: reporting receives what it reports
         self._file: TextIO | None = None
         if not self.enabled:
             return
@@ -274,10 +275,8 @@ class Tracker:
         self._run.define_metric("*", step_metric="step")
         # A new or offline run starts at 0; an online resume at the step after the last one W&B holds.
         self.wandb_from = int(self._run.step or 0)
-        if cfg.train.plots and self.wandb_from == 0:
-            from template.preview import plot_lr_preview
-
-            self.log_images({"lr_preview": plot_lr_preview(cfg, out / "lr_preview.png")}, step=0)
+        if self._draw_preview is not None and cfg.train.plots and self.wandb_from == 0:
+            self.log_images({"lr_preview": self._draw_preview(out / "lr_preview.png")}, step=0)
         for row in replay:
             self._log_wandb(row)
 

@@ -6,28 +6,25 @@ concerns (checkpoints, tracking, cross-rank checks, plots) are one call each int
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from template import checkpoint, host_memory, nonfinite
 from template.compile import check_compile, compile_model
 from template.config import Config, ConfigError
-from template.data import DATASETS, GlobalBatchSampler, make_eval_loader, make_loader
+from template.data import GlobalBatchSampler, make_eval_loader, make_loader
 from template.distributed import (
     any_rank,
     check_launch_env,
@@ -39,12 +36,11 @@ from template.distributed import (
     replica_digests,
 )
 from template.hooks import HookContext, Hooks
-from template.losses import LOSSES
-from template.models import MODELS
-from template.optim import build_optimizer
+from template.parts import Parts, build_parts
 from template.preemption import StopRequest
+from template.preview import plot_lr_preview
 from template.run_lock import RunLock
-from template.schedules import LRSchedule, build_schedule, check_schedule
+from template.schedules import check_schedule
 from template.throughput import Throughput
 from template.tracking import Tracker, config_yaml, training_row
 from template.update import UpdateStep
@@ -52,51 +48,6 @@ from template.update import UpdateStep
 
 class DriftError(RuntimeError):
     """Replicas that should be bit-identical are not."""
-
-
-@dataclass
-class Parts:
-    model: nn.Module
-    loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    train_set: Dataset
-    eval_set: Dataset | None
-    updates_per_epoch: int
-    hooks: Hooks
-    notes: list[str] = field(default_factory=list)  # warnings about the config, printed once before training
-
-
-def import_plugins(cfg: Config) -> None:
-    """Import the modules listed under `imports:` so their registrations exist (a forker's components)."""
-    for i, name in enumerate(cfg.imports):
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"imports.{i}", f"cannot import '{name}': {exc}") from None
-
-
-def build_parts(cfg: Config, world_size: int = 1) -> Parts:
-    """Model, loss, optimizer, lr schedule and data from the config; every bad value is a ConfigError."""
-    import_plugins(cfg)
-    t = cfg.train
-    if t.batch_size % (world_size * t.grad_accum_steps):
-        raise ConfigError(
-            "train.batch_size",
-            f"global batch {t.batch_size} is not divisible by world size {world_size} "
-            f"x train.grad_accum_steps {t.grad_accum_steps}",
-        )
-    set_seed(cfg.seed)
-    model = MODELS.build(cfg.model.name, **cfg.model.kwargs)
-    loss_fn = LOSSES.build(cfg.loss.name, **cfg.loss.kwargs)
-    train_set, eval_set = DATASETS.build(cfg.data.name, cfg.seed, **cfg.data.kwargs)
-    if t.batch_size > len(train_set):  # type: ignore[arg-type]
-        raise ConfigError("train.batch_size", f"{t.batch_size} is larger than the dataset ({len(train_set)} samples)")  # type: ignore[arg-type]
-    updates_per_epoch = len(train_set) // t.batch_size  # type: ignore[arg-type]
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.seed)
-    schedule = build_schedule(cfg.scheduler, optimizer, updates_per_epoch)
-    hooks = Hooks(cfg.hooks)
-    return Parts(model, loss_fn, optimizer, schedule, train_set, eval_set, updates_per_epoch, hooks)
 
 
 def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = None) -> Parts:
@@ -209,7 +160,7 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_yaml(cfg))  # secrets redacted
     accelerator.wait_for_everyone()
-    tracker = Tracker(accelerator, cfg, run_id, start)
+    tracker = Tracker(accelerator, cfg, run_id, start, draw_preview=lambda path: plot_lr_preview(cfg, path))
 
     world, rank = accelerator.num_processes, accelerator.process_index
     pin = device.type == "cuda"
