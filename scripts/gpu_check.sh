@@ -20,7 +20,9 @@ fi
 mkdir -p "$OUT"
 "$PY" -c "import torch; print('gpu_check:', torch.cuda.device_count(), 'x', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| CUDA', torch.version.cuda)"
 
-timeout "${GPU_CHECK_TEST_S:-420}" "$PY" -m pytest -m gpu tests/test_gpu.py tests/test_fsdp.py -n 0 -p no:cacheprovider \
+WORKERS="${GPU_CHECK_WORKERS:-0}"  # several pytest workers share the GPU well (the tests' models are small)
+DIST=(); [ "$WORKERS" != "0" ] && DIST=(--dist load)
+timeout "${GPU_CHECK_TEST_S:-420}" "$PY" -m pytest -m gpu tests/test_gpu.py tests/test_fsdp.py -n "$WORKERS" "${DIST[@]}" -p no:cacheprovider \
     -q -rA --junitxml="$OUT/junit.xml" > "$OUT/pytest.log" 2>&1
 status=$?
 
@@ -62,7 +64,7 @@ PYEOF
 result=$?
 
 if [ "${GPU_CHECK_BENCH:-1}" = "1" ]; then
-    timeout "${GPU_CHECK_BENCH_S:-240}" "$PY" scripts/benchmark.py --device cuda --quick --out "$OUT/bench.json" \
+    timeout "${GPU_CHECK_BENCH_S:-240}" "$PY" scripts/benchmark.py --device cuda ${GPU_CHECK_BENCH_ARGS:---quick} --out "$OUT/bench.json" \
         > "$OUT/bench.log" 2>&1 && echo "gpu_check: benchmark written to $OUT/bench.json" \
         || echo "gpu_check: benchmark did not finish (see $OUT/bench.log); the checks above stand"
 fi

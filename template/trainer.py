@@ -273,7 +273,9 @@ def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tra
     digests = replica_digests(accelerator, model)
     drifted = first_drift(accelerator, model) if len(set(digests)) > 1 else None
     unwrapped = plain_model(accelerator, model)
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
     summary = {"step": ctx.step or cfg.train.max_steps, "world_size": accelerator.num_processes,
+               "device": accelerator.device.type, "backend": backend,
                "param_digest": digests[accelerator.process_index], "replica_digests": digests, **extra}
     if drifted is None:
         hooks.on_end(ctx, summary)

@@ -39,6 +39,7 @@ class UpdateStep:
         self._autocast = accelerator.autocast if accelerator.native_amp else lambda: NO_CONTEXT
         self._params = list(model.parameters())
         self._direct = direct
+        self._scaled = accelerator.scaler is not None
 
     def grad_norm(self, max_norm: float) -> torch.Tensor:
         """Clip to `max_norm` and return the total norm (max_norm=inf: the norm only, grads x 1.0)."""
@@ -63,7 +64,8 @@ class UpdateStep:
             total = loss.detach() if total is None else total + loss.detach()
         assert total is not None
         norm = self.grad_norm(self.clip or math.inf) if self.clip or want_norm else None
-        applied = not self.skip_nonfinite or nonfinite.gradients_finite(self.model, norm)
+        # fp16's GradScaler already skips a non-finite update, and must be the one to (its scale has to update)
+        applied = self._scaled or not self.skip_nonfinite or nonfinite.gradients_finite(self.model, norm)
         if applied:
             self._step_optimizer.step()
         self._step_optimizer.zero_grad(set_to_none=True)

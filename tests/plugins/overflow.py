@@ -1,14 +1,18 @@
-"""Make chosen updates overflow in fp16: `$FT_OVERFLOW_AT=3,7` scales those updates' gradients by 1e30.
+"""Make chosen updates overflow: `$FT_OVERFLOW_AT=3,7` makes those updates' gradients infinite.
 
-The loss value is unchanged (`l + (1e30*l - (1e30*l).detach())` is `l`, with 1e30 + 1 times its gradient),
-but the fp16 backward overflows, so the GradScaler skips the optimizer step (and lowers its scale), as a
-real overflow would; every other update is unchanged. Updates are counted by calls to
-UpdateStep, i.e. attempted updates, 1-based. Without FT_OVERFLOW_AT the module does nothing.
+The loss value is unchanged (an identity whose backward multiplies the incoming gradient by inf), but every
+gradient is then inf or nan, so the fp16 GradScaler skips the optimizer step (and lowers its scale), as a
+real overflow would; every other update is unchanged. An inf is certain where a large finite factor is not:
+measured on an H200, scaling by 1e30 left the gradients of a model without fp16 matmuls (seed_builtin's
+`linear`) finite in fp32, so the GradScaler applied them. Updates are counted by calls to UpdateStep,
+i.e. attempted updates, 1-based. Without FT_OVERFLOW_AT the module does nothing.
 """
 
 from __future__ import annotations
 
 import os
+
+import torch
 
 from template.update import UpdateStep
 
@@ -17,8 +21,18 @@ AT = {int(u) for u in (os.environ.get("FT_OVERFLOW_AT") or "").split(",") if u.s
 _attempt = 0
 
 
+class _InfiniteGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, loss):  # type: ignore[no-untyped-def,override]
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def,override]
+        return grad * float("inf")
+
+
 def _huge_gradient(loss):  # type: ignore[no-untyped-def]
-    return loss + (loss * 1e30 - (loss * 1e30).detach())
+    return _InfiniteGradient.apply(loss)
 
 
 def _overflowing(self: UpdateStep, batches, want_norm: bool):  # type: ignore[no-untyped-def]
