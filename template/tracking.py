@@ -21,120 +21,27 @@ What a dashboard can rely on:
   * online, W&B refuses steps below the last one it holds (it drops them with a warning), so the rows
     it already holds are not re-sent: past a kill, those updates keep the killed process's rows, whose
     lr and loss the resumed process reproduces exactly (only samples_per_s differs);
-- the logged and saved config never holds secrets: keys that name one (token, password, api key, ...)
-  and any value of a secret-named environment variable are replaced by `<redacted>`, and so are such
-  values in the command line that wandb records with the run's metadata (wandb does not record the
-  environment itself; see `_wandb_settings`).
+- the logged and saved config never holds secrets (`template/redaction.py`), nor does the command line
+  that wandb records with the run's metadata (wandb does not record the environment itself; see
+  `_wandb_settings`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import netrc
 import os
-import re
 import secrets
 import string
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlparse
 
 from accelerate import Accelerator
-from omegaconf import OmegaConf
 
-from template.config import Config, to_dict
-
-REDACTED = "<redacted>"
-MIN_SECRET_LEN = 8  # shorter environment values ("1", "true") are not treated as secrets
-_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
-SECRET_WORDS = frozenset({"token", "secret", "secrets", "password", "passwd", "passphrase",
-                          "credential", "credentials", "apikey", "auth", "cookie", "pat"})
-SECRET_PAIRS = frozenset({"apikey", "privatekey", "accesskey", "secretkey", "signingkey", "sessionkey"})
-
-
-# ------------------------------------------------------------------------------------------------
-# Secrets
-# ------------------------------------------------------------------------------------------------
-
-
-def is_secret_name(name: str) -> bool:
-    """`HF_TOKEN`, `wandb_api_key`, `apiKey`, `db_password` yes; `tokenizer`, `max_tokens` no."""
-    words = [w.lower() for w in _WORDS.findall(str(name))]
-    return any(w in SECRET_WORDS for w in words) or any(a + b in SECRET_PAIRS for a, b in itertools.pairwise(words))
-
-
-def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Values of secret-named environment variables, longest first (so replacement is greedy)."""
-    env = os.environ if environ is None else environ
-    found = {v for k, v in env.items() if is_secret_name(k) and len(v) >= MIN_SECRET_LEN}
-    return sorted(found, key=len, reverse=True)
-
-
-def _scrub(text: str, values: Sequence[str]) -> str:
-    for value in values:
-        text = text.replace(value, REDACTED)
-    return text
-
-
-def redact(value: Any, values: Sequence[str] | None = None) -> Any:
-    """A copy of a config tree without secrets: secret-named keys and secret values replaced."""
-    values = secret_values() if values is None else values
-    if isinstance(value, dict):
-        return {k: (REDACTED if is_secret_name(k) else redact(v, values)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v, values) for v in value]
-    if isinstance(value, str):
-        return _scrub(value, values)
-    return value
-
-
-def redact_argv(argv: Sequence[str], values: Sequence[str] | None = None) -> list[str]:
-    """The command line with secrets replaced: `key=v` / `--key=v` / `--key v` with a secret-named
-    key, and any secret environment value wherever it appears."""
-    values = secret_values() if values is None else values
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-            continue
-        key, eq, _ = arg.partition("=")
-        name = key.lstrip("-").rsplit(".", 1)[-1]
-        if eq and is_secret_name(name):
-            out.append(f"{key}={REDACTED}")
-        elif arg.startswith("--") and not eq and is_secret_name(name):
-            out.append(arg)
-            hide_next = True
-        else:
-            out.append(_scrub(arg, values))
-    return out
-
-
-def safe_config(cfg: Config) -> dict[str, Any]:
-    """The resolved config as logged to W&B and saved to config.yaml: secrets redacted."""
-    return redact(to_dict(cfg))
-
-
-def config_yaml(cfg: Config) -> str:
-    """config.yaml's text: the resolved config, secrets redacted."""
-    return OmegaConf.to_yaml(OmegaConf.create(safe_config(cfg)))
-
-
-@contextlib.contextmanager
-def _redacted_sys_argv() -> Iterator[None]:
-    """wandb reads `sys.argv` into the run's metadata when the run starts: show it a redacted copy."""
-    saved = sys.argv
-    sys.argv = [saved[0], *redact_argv(saved[1:])] if saved else saved
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
+from template.config import Config
+from template.redaction import redact, redacted_sys_argv, safe_config
 
 # ------------------------------------------------------------------------------------------------
 # W&B settings
@@ -197,7 +104,7 @@ def _wandb_settings(wandb: Any) -> Any:
     """What wandb records besides what we log.
 
     Measured with wandb 0.31 (offline run files): no environment variables; the command line
-    (`sys.argv`, shown redacted, see `_redacted_sys_argv`), program path, host name, OS, Python,
+    (`sys.argv`, shown redacted, see `redacted_sys_argv`), program path, host name, OS, Python,
     executable, CPU/GPU/memory/disk sizes, the git commit and remote (wandb strips a password from
     the remote URL), pip requirements, and the console output. Job creation (a W&B Launch feature)
     would read `sys.argv` again at the end of the run, unredacted: it is turned off.
@@ -267,7 +174,7 @@ class Tracker:
         if entity:
             init["entity"] = entity
         project = os.environ.get("WANDB_PROJECT") or cfg.tracking.project
-        with _redacted_sys_argv():
+        with redacted_sys_argv():
             self.accelerator.init_trackers(project, config=safe_config(cfg), init_kwargs={"wandb": init})
         self._run = self.accelerator.get_tracker("wandb", unwrap=True)
         self.run_id = self._run.id  # a sweep agent imposes its own id (wandb ignores ours there)

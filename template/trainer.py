@@ -39,10 +39,11 @@ from template.hooks import HookContext, Hooks
 from template.parts import Parts, build_parts
 from template.preemption import StopRequest
 from template.preview import plot_lr_preview
+from template.redaction import config_yaml
 from template.run_lock import RunLock
 from template.schedules import check_schedule
 from template.throughput import Throughput
-from template.tracking import Tracker, config_yaml, training_row
+from template.tracking import Tracker, training_row
 from template.update import UpdateStep
 
 

@@ -20,15 +20,8 @@ import pytest
 import yaml
 
 from template.config import load_config
-from template.tracking import (
-    REDACTED,
-    is_secret_name,
-    redact,
-    redact_argv,
-    run_labels,
-    secret_values,
-    wandb_mode,
-)
+from template.redaction import REDACTED, is_secret_name, redact, redact_argv, secret_values
+from template.tracking import run_labels, wandb_mode
 
 from conftest import ROOT, TRAIN, clean_env, read_metrics, run_train, train_rows
 
