@@ -86,11 +86,14 @@ class SchedulerConfig:
     constants: dict[str, float] = field(default_factory=dict)
     interval: str = "step"
     monitor: str = "train/loss"
+    clock: str = "updates"  # what a strategy's step counts: applied updates, or samples (template/clock.py)
+    reference_batch: int | None = None  # samples per step with clock=samples; None: train.batch_size
 
 
 @dataclass
 class TrainConfig:
     max_steps: int = 200
+    max_samples: int | None = None  # instead of max_steps: the run's length in samples (template/clock.py)
     batch_size: int = 64
     grad_accum_steps: int = 1
     log_every: int = 10
@@ -154,6 +157,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler.interval": ("step", "epoch"),
+    "scheduler.clock": ("updates", "samples"),
     "train.nonfinite": ("stop", "skip"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "distributed.sync_check_action": ("error", "resync"),
@@ -224,6 +228,8 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
             OmegaConf.update(file_cfg, key, parsed, merge=False, force_add=True)
             OmegaConf.merge(schema, file_cfg)  # each override checked on its own, so an error can name it
         merged = OmegaConf.merge(schema, file_cfg)
+        key = "train.max_samples"
+        _max_steps_from_samples(merged)
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except ConfigError:
         raise
@@ -233,6 +239,18 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
         raise ConfigError(key, f"does not fit the config's structure: {describe(exc)}") from None
     validate(cfg)
     return cfg
+
+
+def _max_steps_from_samples(merged: Any) -> None:
+    """`train.max_samples`, when given, sets `train.max_steps` (in reference batches with the samples clock,
+    else in updates of train.batch_size) before `${train.max_steps}` interpolations are resolved."""
+    t, s = merged.train, merged.scheduler
+    if t.max_samples is None:
+        return
+    per_step = (s.reference_batch or t.batch_size) if s.clock == "samples" else t.batch_size
+    _check(t.max_samples >= 1, "train.max_samples", f"must be >= 1, got {t.max_samples}")
+    _check(per_step >= 1, "train.batch_size", f"must be >= 1, got {per_step}")
+    t.max_steps = -(-t.max_samples // per_step)
 
 
 def _check(condition: bool, key: str, problem: str) -> None:
@@ -263,6 +281,12 @@ def validate(cfg: Config) -> None:
     for i, group in enumerate(cfg.optimizer.groups):
         _check(bool(group.params), f"optimizer.groups.{i}.params", "must list at least one name pattern")
         _check(group.lr is None or group.lr > 0, f"optimizer.groups.{i}.lr", f"must be > 0, got {group.lr}")
+    sc = cfg.scheduler
+    _check(sc.reference_batch is None or sc.reference_batch >= 1, "scheduler.reference_batch",
+           f"must be >= 1 (or null: train.batch_size), got {sc.reference_batch}")
+    _check(not (sc.clock == "samples" and sc.interval == "epoch"), "scheduler.clock",
+           "'samples' counts steps in samples; with interval 'epoch' the lr already follows the data (use clock "
+           "updates)")
     d = cfg.distributed
     _check(d.sync_check_every >= 0, "distributed.sync_check_every", "must be >= 0 (0 disables)")
     _check(1 <= d.timeout_s <= 86_400, "distributed.timeout_s", f"must be in [1, 86400] seconds, got {d.timeout_s}")

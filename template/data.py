@@ -65,7 +65,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def __init__(
         self, num_samples: int, global_batch: int, accum: int, world: int, rank: int, seed: int,
-        start_update: int = 0, shuffle: bool = True,
+        start_update: int = 0, shuffle: bool = True, start_position: tuple[int, int] | None = None,
     ) -> None:
         if global_batch > num_samples:
             raise ValueError(f"global batch {global_batch} is larger than the dataset ({num_samples} samples)")
@@ -81,6 +81,20 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.start_update = start_update
         self.shuffle = shuffle
         self.updates_per_epoch = num_samples // global_batch
+        # (epoch, sample offset into its order): where a run with another global batch stopped
+        self.start_position = start_position or divmod(start_update, self.updates_per_epoch)
+        if start_position is None:
+            self.start_position = (self.start_position[0], self.start_position[1] * global_batch)
+
+    def position(self, updates: int) -> tuple[int, int]:
+        """(epoch, sample offset) after `updates` updates from the start: what a checkpoint stores, so a run
+        resumed with another global batch continues with the next unseen sample of the same epoch."""
+        epoch, offset = self.start_position
+        first = max(0, self.updates_per_epoch * self.global_batch - offset) // self.global_batch  # left in epoch
+        if updates < first:
+            return epoch, offset + updates * self.global_batch
+        epochs, position = divmod(updates - first, self.updates_per_epoch)
+        return epoch + 1 + epochs, position * self.global_batch
 
     def _order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
@@ -90,13 +104,14 @@ class GlobalBatchSampler(Sampler[list[int]]):
     def epoch_indices(self) -> Iterator[torch.Tensor]:
         """For each epoch from `start_update` on, this rank's indices for the rest of it, in the order
         they are consumed: every `per_rank` consecutive entries are one micro-batch."""
-        update = self.start_update
+        epoch, offset = self.start_position
         while True:
-            epoch, position = divmod(update, self.updates_per_epoch)
             # rows: the epoch's remaining global batches, each cut into (accum, world, per_rank)
-            batches = self._order(epoch)[position * self.global_batch : self.updates_per_epoch * self.global_batch]
+            whole = max(0, self.updates_per_epoch * self.global_batch - offset) // self.global_batch
+            end = offset + whole * self.global_batch
+            batches = self._order(epoch)[offset:end]
             yield batches.view(-1, self.accum, self.world, self.per_rank)[:, :, self.rank].reshape(-1)
-            update = (epoch + 1) * self.updates_per_epoch
+            epoch, offset = epoch + 1, 0
 
     def index_tensors(self) -> Iterator[torch.Tensor]:
         """This rank's micro-batches as int64 index tensors, one per micro-batch, endlessly."""

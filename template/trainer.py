@@ -6,11 +6,9 @@ concerns (checkpoints, tracking, cross-rank checks, plots) are one call each int
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +17,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from template import checkpoint, host_memory, nonfinite
-from template.compile import check_compile, compile_model
+from template.compile import check_compile
 from template.config import Config, ConfigError
-from template.data import GlobalBatchSampler, make_eval_loader, make_loader
 from template.distributed import (
     any_rank,
     check_launch_env,
@@ -37,14 +33,10 @@ from template.distributed import (
 )
 from template.hooks import HookContext, Hooks
 from template.parts import Parts, build_parts
-from template.preemption import StopRequest
-from template.preview import plot_lr_preview
-from template.redaction import config_yaml
+from template.run import start_run
 from template.run_lock import RunLock
 from template.schedules import check_schedule
-from template.throughput import Throughput
-from template.tracking import Tracker, training_row
-from template.update import UpdateStep
+from template.tracking import Tracker
 
 
 class DriftError(RuntimeError):
@@ -75,21 +67,6 @@ def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = No
     if cfg.train.compile:
         check_compile(device)
     return parts
-
-
-@torch.no_grad()
-def evaluate(accelerator: Accelerator, model: nn.Module, loss_fn: nn.Module, loader: Any, batches: int) -> float:
-    """Mean loss over the eval split, weighted by samples and reduced over ranks (same value everywhere)."""
-    model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for x, y in itertools.islice(loader, batches or None):
-        x, y = x.to(accelerator.device), y.to(accelerator.device)
-        with accelerator.autocast():
-            totals[0] += loss_fn(model(x), y).double() * len(x)
-        totals[1] += len(x)
-    model.train()
-    totals = accelerator.reduce(totals, "sum")
-    return (totals[0] / totals[1]).item()
 
 
 def use_deterministic_kernels() -> None:
@@ -137,132 +114,52 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[str, Any]:
-    """The training itself, once the config passed preflight and this run holds the output_dir."""
-    out = Path(cfg.output_dir)
-    candidates = checkpoint.resume_candidates(out, cfg.train.resume)
-    t = cfg.train
-    device = accelerator.device
-    model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
-    if t.compile:
-        compile_model(model)  # in place: names stay plain for checkpoints and digests
-    loss_fn, schedule, hooks = parts.loss_fn.to(device), parts.schedule, parts.hooks
-
-    start, run_id = 0, None
-    resumed = checkpoint.load_checkpoint(accelerator, model, candidates)
-    if resumed is not None:
-        schedule.load_state_dict(resumed.state["schedule"])
-        hooks.load_state_dict(resumed.state.get("hooks", {}))
-        start, run_id = resumed.step, resumed.state.get("wandb_run_id")
-        accelerator.print(f"resumed from {resumed.path} at update {start}")
-    elif cfg.train.resume not in ("auto", "none"):
-        raise ConfigError("train.resume", f"checkpoint {cfg.train.resume} could not be loaded")
-
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config_yaml(cfg))  # secrets redacted
-    accelerator.wait_for_everyone()
-    tracker = Tracker(accelerator, cfg, run_id, start, draw_preview=lambda path: plot_lr_preview(cfg, path))
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    pin = device.type == "cuda"
-    sampler = GlobalBatchSampler(len(parts.train_set), t.batch_size, t.grad_accum_steps, world, rank,  # type: ignore[arg-type]
-                                 cfg.seed, start_update=start)
-    batches = iter(make_loader(parts.train_set, sampler, cfg.data.num_workers, pin))
-    eval_loader, eval_steps = None, 0
-    if parts.eval_set is not None and t.eval_every:
-        eval_loader, eval_steps = make_eval_loader(parts.eval_set, t.batch_size, t.eval_batches, world, rank, pin)
-
-    resync = cfg.distributed.sync_check_action == "resync"
-    metric_from_train = schedule.needs_metric and schedule.monitor == "train/loss"
-    progress = tqdm(total=t.max_steps, initial=start, disable=not (accelerator.is_main_process and t.progress),
-                    desc="train", dynamic_ncols=True)
-    throughput = Throughput(parts.model, parts.train_set, t.batch_size, world, t.peak_flops, device)
-    window_start, window_updates = time.perf_counter(), 0
-    first_update_s: float | None = None
-    loss_value = float("nan")
-    skipped = int(resumed.state.get("skipped", 0)) if resumed is not None else 0
-    stop = StopRequest()
-
-    update = UpdateStep(accelerator, model, optimizer, loss_fn, t.grad_accum_steps, t.clip_grad_norm,
-                        skip_nonfinite=t.nonfinite == "skip")
-    ctx = HookContext(accelerator, model, plain_model(accelerator, model), optimizer, out,
-                      (lambda: evaluate(accelerator, model, loss_fn, eval_loader, eval_steps)) if eval_loader else None)
-    stopped_early: str | None = None
-
-    model.train()
+    """The tutorial's loop: per update forward, loss, backward and optimizer step, then the lr step; the side
+    concerns are one named step each (template/run.py). Host reads only where a value is needed."""
+    run = start_run(cfg, accelerator, parts)
+    t, world = cfg.train, accelerator.num_processes
+    loss_value, stopped_early = float("nan"), None
+    run.model.train()
     if cfg.distributed.sync_check_every:  # the first update's lr too (a strategy set up rank-dependently)
-        check_lr_sync(accelerator, schedule, resync)
-    for step in range(start + 1, t.max_steps + 1):
-        logging = step % t.log_every == 0 or step == t.max_steps
-        lrs = schedule.lrs() if logging else {}  # the lr this update uses: what gets logged for it
-        update_loss, grad_norm, applied = update(batches, want_norm=logging and cfg.tracking.log_grad_norm)
-        skipped += not applied
-        window_updates += 1
-        if first_update_s is None:  # compile (and warm-up) time, reported apart from the training speed
-            first_update_s = time.perf_counter() - window_start
-            if t.compile and not logging:
-                window_start, window_updates = time.perf_counter(), 0
+        check_lr_sync(accelerator, run.schedule, cfg.distributed.sync_check_action == "resync")
+    for step in range(run.start_step + 1, run.last_step + 1):
+        logging = step % t.log_every == 0 or step == run.last_step
+        lrs = run.schedule.lrs() if logging else {}  # the lr this update uses: what gets logged for it
+        loss, grad_norm, applied = run.update(run.batches, want_norm=logging and cfg.tracking.log_grad_norm)
+        lr_steps = run.clock.advance(applied)  # none if the update was skipped (non-finite, fp16 overflow)
+        run.window.count(restart_after_first=t.compile and not logging)
 
-        # Host reads (and the collectives behind them) only where a value is needed, not every update.
         metrics: dict[str, float] = {}
-        if logging or metric_from_train:
-            loss_value = (accelerator.reduce(update_loss, "mean") if world > 1 else update_loss).item()
+        if logging or run.loss_feeds_schedule:
+            loss_value = (accelerator.reduce(loss, "mean") if world > 1 else loss).item()
             metrics["train/loss"] = loss_value
             if t.nonfinite == "stop" and not math.isfinite(loss_value):
                 raise nonfinite.NonFiniteError(f"non-finite loss {loss_value} at update {step}; the newest "
                                                "checkpoint holds the last good state")
-        if eval_loader is not None and t.eval_every and (step % t.eval_every == 0 or step == t.max_steps):
-            metrics["eval/loss"] = evaluate(accelerator, model, loss_fn, eval_loader, eval_steps)
-        if applied:  # a skipped update (non-finite, fp16 overflow) does not advance the schedule: its clock
-            schedule.after_update(step - skipped, metrics)  # counts applied updates, as torch's schedulers do
-        ctx.step = step
-        if hooks and applied:
-            hooks.after_update(ctx)
-        if hooks and "eval/loss" in metrics:
-            hooks.after_evaluate(ctx, metrics)
-        if cfg.distributed.sync_check_every and step % cfg.distributed.sync_check_every == 0:
-            check_lr_sync(accelerator, schedule, resync)
-
+        if run.eval_due(step):
+            metrics["eval/loss"] = run.evaluate()
+        run.step_schedule(lr_steps, metrics)
+        run.after_update(step, applied, metrics)  # hooks, lr sync check
         if logging:
-            elapsed = time.perf_counter() - window_start
-            row = training_row(step, lrs, loss_value, step / parts.updates_per_epoch,
-                               throughput.rates(window_updates, elapsed),
-                               grad_norm, skipped if t.nonfinite == "skip" or skipped else None)
-            if hooks:
-                hooks.on_log(ctx, row)
-            tracker.log(row)
-            progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{next(iter(lrs.values())):.3g}", refresh=False)
-            window_start, window_updates = time.perf_counter(), 0
-        if "eval/loss" in metrics:
-            tracker.log({"step": step, **{k: v for k, v in metrics.items() if k.startswith("eval/")}})
-        progress.update(1)
+            run.log(step, lrs, loss_value, grad_norm)
+        run.log_eval(step, metrics)
+        run.progress.update(1)
 
-        # a stop request is agreed on at log steps (a collective under DDP), at every update otherwise
-        preempted = (world == 1 or logging) and stop.agreed(accelerator)
-        stopped_early = hooks.stop_reason(ctx) if hooks else None  # the same on every rank, by contract
-        last = step == t.max_steps or stopped_early is not None
-        if preempted or (t.checkpoint_every and (step % t.checkpoint_every == 0 or last)):
-            nonfinite.assert_finite(model)
-            checkpoint.save_checkpoint(accelerator, out, step, {
-                "step": step, "schedule": schedule.state_dict(), "wandb_run_id": tracker.run_id, "skipped": skipped,
-                "hooks": hooks.state_dict(),
-            }, t.keep_checkpoints)
+        preempted, stopped_early = run.stop_requested(step, logging)
+        if run.checkpoint_due(step, preempted, stopping=stopped_early is not None):
+            run.save_checkpoint(step)
         if preempted:
-            progress.close()
-            tracker.close()
-            accelerator.print(f"stopped by signal {stop.signal or 'on another rank'} after update {step}; "
-                              "checkpoint saved, rerun the same command to resume")
-            return {"step": step, "preempted": True}
+            return run.preempted(step)
         if stopped_early:
             accelerator.print(f"stopped early after update {step}: {stopped_early}")
             break
-    progress.close()
-    stop.restore()
+    run.progress.close()
+    run.stop.restore()
 
-    extra: dict[str, Any] = {"first_update_s": round(first_update_s or 0.0, 3), "compiled": t.compile}
+    extra: dict[str, Any] = {"first_update_s": round(run.window.first_update_s or 0.0, 3), "compiled": t.compile}
     if stopped_early:
         extra["stopped_early"] = stopped_early
-    return finish(accelerator, cfg, model, tracker, out, ctx, hooks, extra)
+    return finish(accelerator, cfg, run.model, run.tracker, run.out, run.ctx, run.hooks, extra)
 
 
 def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tracker, out: Path,
