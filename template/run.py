@@ -117,13 +117,14 @@ class Run:
         for lr_step in lr_steps:
             self.schedule.after_update(lr_step, metrics if lr_step == lr_steps[-1] else None)
 
-    def after_update(self, step: int, applied: bool, metrics: Mapping[str, float]) -> None:
-        """Hook events, then the cross-rank lr check when it is due."""
+    def after_update(self, step: int, applied: bool, metrics: dict[str, float]) -> None:
+        """Hook events (an after_evaluate hook may add metrics, e.g. eval/loss_ema), then the cross-rank lr
+        check when it is due."""
         self.ctx.step = step
         if self.hooks and applied:
             self.hooks.after_update(self.ctx)
         if self.hooks and "eval/loss" in metrics:
-            self.hooks.after_evaluate(self.ctx, dict(metrics))
+            self.hooks.after_evaluate(self.ctx, metrics)
         every = self.cfg.distributed.sync_check_every
         if every and step % every == 0:
             check_lr_sync(self.accelerator, self.schedule, self.cfg.distributed.sync_check_action == "resync")
