@@ -42,6 +42,9 @@ def main(cfg: Config, args: argparse.Namespace) -> None:
     print(f"suggested lr: {steepest}")
     if result.suggestion_min_over_10 is not None:
         print(f"minimum / 10: {result.suggestion_min_over_10:.3g}")
+    if result.smoothed and min(result.smoothed) == result.smoothed[-1]:  # then minimum / 10 is only max_lr / 10
+        print(f"note: the loss was still falling at the last lr ({result.lrs[-1]:.3g}); a larger --max-lr "
+              "shows where it turns up")
     out = Path(cfg.output_dir)
     print(f"wrote {out / 'lr_find.json'} and {out / 'lr_find.png'}")
 
