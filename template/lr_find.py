@@ -12,9 +12,9 @@ param group (a group with its own base lr is scaled by the same factor, so the s
 `optimizer.lr`). The configured lr schedule is not used. The loss is smoothed with a bias-corrected
 exponential moving average (as fastai and Lightning do); the test stops once the smoothed loss exceeds
 `diverge` x the best so far, or a loss is not finite. Suggestions: the lr where the smoothed curve falls
-fastest against log(lr) (past the
-smoothing's half-life: `skip_begin_for`), and the lr of its minimum / 10. Model and optimizer state (and
-the RNG) are restored afterwards: the weights are untouched for whoever called it.
+fastest against log(lr) (searched past the smoothing's half-life: `skip_begin_for`), and the lr of its
+minimum / 10. Model and optimizer state (and the RNG) are restored afterwards: the weights are untouched for
+whoever called it.
 """
 
 from __future__ import annotations

@@ -40,8 +40,9 @@ FIND_LR = ROOT / "scripts" / "find_lr.py"
 # 0.0178 (0.050) ... 1.0 (0.037); outside: 0.01 (0.095) and 1.78 (0.071). The bounds are the outermost
 # lrs measured good.
 GOOD_LR = (0.0178, 1.0)
-RANGE_ARGS = ("--config", "configs/default.yaml", "--min-lr", "1e-4", "--max-lr", "10", "--num-steps", "100",
-              "tracking.wandb=false")
+# overrides before and after the script's own flags, as people type them
+RANGE_ARGS = ("--config", "configs/default.yaml", "tracking.wandb=false", "--min-lr", "1e-4", "--max-lr", "10",
+              "--num-steps", "100")
 
 
 # --- the arithmetic, on curves with known answers ---------------------------------------------------------
