@@ -16,7 +16,8 @@ from accelerate import PartialState
 
 from template.cli import run
 from template.config import Config
-from template.lr_find import LRFindSettings, find_lr
+from template.lr_find import COMPLETED, LRFindSettings, find_lr
+from template.nonfinite import NonFiniteError
 
 
 def flags(p: argparse.ArgumentParser) -> None:
@@ -32,17 +33,20 @@ def flags(p: argparse.ArgumentParser) -> None:
 def main(cfg: Config, args: argparse.Namespace) -> None:
     settings = LRFindSettings(args.min_lr, args.max_lr, args.num_steps, args.beta, args.diverge)
     result = find_lr(cfg, settings)
+    if not result.losses:  # every rank alike: the losses are the same everywhere
+        raise NonFiniteError(f"the loss was not finite at the first update (lr {settings.min_lr:g}): the lr range "
+                             "test has nothing to read; check the model and data, or lower --min-lr")
     if not PartialState().is_main_process:
         return
-    last = f"lr {result.lrs[-1]:.3g}" if result.lrs else "the first update"
     print(f"lr range test: {result.stop_step} updates from {settings.min_lr:g} to {settings.max_lr:g} on "
-          f"{result.world_size} process(es), {result.stopped_reason} (at {last})")
-    steepest = "none (too few updates before the loss diverged)" if result.suggestion_steepest is None \
-        else f"{result.suggestion_steepest:.3g}"
-    print(f"suggested lr: {steepest}")
-    if result.suggestion_min_over_10 is not None:
-        print(f"minimum / 10: {result.suggestion_min_over_10:.3g}")
-    if result.smoothed and min(result.smoothed) == result.smoothed[-1]:  # then minimum / 10 is only max_lr / 10
+          f"{result.world_size} process(es), {result.stopped_reason} (at lr {result.lrs[-1]:.3g})")
+    if result.suggestion_steepest is not None:
+        print(f"suggested lr: {result.suggestion_steepest:.3g}")
+    else:  # a curve too short for a slope still has a minimum: a number on the line scripts parse
+        print(f"suggested lr: {result.suggestion_min_over_10:.3g} (minimum / 10: too few updates before the "
+              "loss diverged for a steepest slope; lower --max-lr or raise --num-steps)")
+    print(f"minimum / 10: {result.suggestion_min_over_10:.3g}")
+    if result.stopped_reason == COMPLETED and min(result.smoothed) == result.smoothed[-1]:  # min / 10 = max / 10
         print(f"note: the loss was still falling at the last lr ({result.lrs[-1]:.3g}); a larger --max-lr "
               "shows where it turns up")
     out = Path(cfg.output_dir)

@@ -41,6 +41,7 @@ from template.trainer import DriftError, preflight, use_deterministic_kernels
 from template.update import UpdateStep
 
 COMPLETED, DIVERGED, NONFINITE = "completed", "diverged", "non-finite"
+MIN_SLOPE_POINTS = 5  # fewer points left for the slope search: its steepest point is one batch's noise
 
 
 @dataclass(frozen=True)
@@ -129,14 +130,15 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], beta: float = 0.98,
 
     Steepest: the most negative slope of the smoothed loss against log(lr), leaving out the first
     `skip_begin` points (default: `skip_begin_for`) and the last `skip_end` (the blow-up a diverged run
-    stops on). Minimum / 10: the lr of the lowest smoothed loss, over the whole curve, divided by 10.
+    stops on); None with fewer than MIN_SLOPE_POINTS left. Minimum / 10: the lr of the lowest smoothed loss,
+    over the whole curve, divided by 10.
     """
     n = len(smoothed)
     minimum = lrs[int(np.argmin(smoothed))] / 10 if n else None
     begin = skip_begin_for(n, beta) if skip_begin is None else skip_begin
     kept = slice(begin, n - skip_end)
     x, y = np.log(np.asarray(lrs[kept], dtype=np.float64)), np.asarray(smoothed[kept], dtype=np.float64)
-    if len(y) < 3:
+    if len(y) < MIN_SLOPE_POINTS:
         return None, minimum
     return float(np.exp(x[int(np.argmin(np.gradient(y, x)))])), minimum
 

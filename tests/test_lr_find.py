@@ -82,6 +82,8 @@ def test_the_steepest_search_skips_the_noisy_start_of_the_smoothing() -> None:
 
 def test_too_short_a_curve_gives_no_steepest_suggestion() -> None:
     assert suggest([1e-3, 1e-2], [1.0, 0.5]) == (None, pytest.approx(1e-3))
+    lrs = np.logspace(-3, 0, 7).tolist()  # 2 skipped at the start, 1 at the end: 4 left for a slope
+    assert suggest(lrs, [1.0, 0.9, 0.8, 0.6, 0.3, 0.2, 0.5])[0] is None
     assert suggest([], []) == (None, None)
 
 
