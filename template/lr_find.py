@@ -185,7 +185,7 @@ def range_test(accelerator: Accelerator, model: nn.Module, optimizer: Any, updat
             lrs.append(lr)
             losses.append(loss)
             smoothed.append(value)
-            if step > 0 and value > settings.diverge * best:
+            if value > settings.diverge * best:  # best is inf until the first point: never on update 1
                 reason = DIVERGED
                 break
             best = min(best, value)
