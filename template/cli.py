@@ -50,7 +50,7 @@ def run(main: Callable[[Config, argparse.Namespace], object], description: str,
     p = parser(description)
     if extra is not None:
         extra(p)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides before and after a script's own flags
     try:
         cfg = load_config(args.config, args.overrides)
         main(cfg, args)

@@ -49,3 +49,29 @@ def plot_training_curves(rows: Sequence[Mapping[str, float]], output_dir: str | 
         fig.savefig(path, dpi=100)
         plt.close(fig)
     return paths
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
+                 steepest: float | None, min_over_10: float | None, path: str | Path) -> Path:
+    """The lr range test: raw and smoothed loss against lr on a log axis, the two suggestions marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lrs, losses, color="0.7", linewidth=1, label="loss")
+    ax.plot(lrs, smoothed, color="C0", linewidth=2, label="smoothed loss")
+    for lr, label, color in ((steepest, "steepest", "C3"), (min_over_10, "minimum / 10", "C2")):
+        if lr is not None:
+            ax.axvline(lr, color=color, linestyle="--", label=f"{label}: {lr:.3g}")
+    ax.set_xscale("log")
+    if smoothed:  # the raw loss of the last updates can be orders of magnitude above: keep the curve readable
+        low = min(min(losses), min(smoothed))
+        high = max(smoothed)
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low) + 1e-12)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title("lr range test")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
