@@ -8,11 +8,12 @@ update's index, never on the world size or on where a previous run stopped.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from template.hf_data import hf_dataset, hf_stream
 from template.registry import Registry
 from template.tokens import token_files
 
@@ -51,6 +52,36 @@ def synthetic_linear(
 
 
 DATASETS.add("tokens", token_files)  # token files larger than memory (template/tokens.py)
+DATASETS.add("hf", hf_dataset)  # Hugging Face datasets: local files or save_to_disk, map-style (template/hf_data.py)
+DATASETS.add("hf_stream", hf_stream)  # the same files streamed, position saved in checkpoints (template/hf_data.py)
+
+
+@runtime_checkable
+class StreamingData(Protocol):
+    """A training set that cannot be indexed at random (template/hf_data.py's `HFStream`): it cuts its own
+    global batches and keeps its own position, which the trainer saves in checkpoints as `data`."""
+
+    def check(self, global_batch: int) -> None: ...
+
+    def batches(self, global_batch: int, accum: int, world: int, rank: int, num_workers: int, pin_memory: bool,
+                start: int, state: dict[str, Any] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+def train_batches(dataset: Any, global_batch: int, accum: int, world: int, rank: int, seed: int, start: int,
+                  num_workers: int, pin_memory: bool, state: dict[str, Any] | None) -> Iterator[Any]:
+    """This rank's training micro-batches from update `start` on: a stream's own, from its saved position
+    `state`, or the global batch sampler's over a map-style dataset (whose position is `start` alone)."""
+    if isinstance(dataset, StreamingData):
+        return dataset.batches(global_batch, accum, world, rank, num_workers, pin_memory, start, state)
+    sampler = GlobalBatchSampler(len(dataset), global_batch, accum, world, rank, seed, start_update=start)
+    return iter(make_loader(dataset, sampler, num_workers, pin_memory))
+
+
+def data_state(dataset: Any) -> dict[str, Any]:
+    """What a checkpoint must hold to resume the data: a stream's position; nothing for map-style data."""
+    return {"data": dataset.state_dict()} if isinstance(dataset, StreamingData) else {}
 
 
 class GlobalBatchSampler(Sampler[list[int]]):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from template import checkpoint, host_memory, nonfinite
 from template.compile import check_compile, compile_model
 from template.config import Config, ConfigError
-from template.data import GlobalBatchSampler, make_eval_loader, make_loader
+from template.data import data_state, make_eval_loader, train_batches
 from template.distributed import (
     any_rank,
     check_launch_env,
@@ -164,9 +164,8 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
 
     world, rank = accelerator.num_processes, accelerator.process_index
     pin = device.type == "cuda"
-    sampler = GlobalBatchSampler(len(parts.train_set), t.batch_size, t.grad_accum_steps, world, rank,  # type: ignore[arg-type]
-                                 cfg.seed, start_update=start)
-    batches = iter(make_loader(parts.train_set, sampler, cfg.data.num_workers, pin))
+    batches = train_batches(parts.train_set, t.batch_size, t.grad_accum_steps, world, rank, cfg.seed, start,
+                            cfg.data.num_workers, pin, resumed.state.get("data") if resumed is not None else None)
     eval_loader, eval_steps = None, 0
     if parts.eval_set is not None and t.eval_every:
         eval_loader, eval_steps = make_eval_loader(parts.eval_set, t.batch_size, t.eval_batches, world, rank, pin)
@@ -244,7 +243,7 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
             nonfinite.assert_finite(model)
             checkpoint.save_checkpoint(accelerator, out, step, {
                 "step": step, "schedule": schedule.state_dict(), "wandb_run_id": tracker.run_id, "skipped": skipped,
-                "hooks": hooks.state_dict(),
+                "hooks": hooks.state_dict(), **data_state(parts.train_set),
             }, t.keep_checkpoints)
         if preempted:
             progress.close()
