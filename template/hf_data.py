@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,7 +333,9 @@ class HFStream:
 
         batched = self.samples(epoch).batch(global_batch, drop_last_batch=True).with_format("numpy")
         # each worker reads its share of the files and cuts whole global batches (its own tail is dropped)
-        return StatefulDataLoader(batched, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+        with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch telemetry hook: noise
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            return StatefulDataLoader(batched, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
 
     def batches(self, global_batch: int, accum: int, world: int, rank: int, num_workers: int, pin_memory: bool,
                 start: int, state: dict[str, Any] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
