@@ -11,6 +11,7 @@ the end of a pass).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import pickle
 import time
@@ -113,11 +114,15 @@ def id_stream(tmp_path: Path, n: int = 100, shards: int = 4, **kwargs: Any) -> A
     return stream
 
 
+def flat(lists: Any) -> list[int]:
+    return list(itertools.chain.from_iterable(lists))
+
+
 def updates(stream: Any, count: int, world: int = 1, rank: int = 0, workers: int = 0, start: int = 0,
             state: dict[str, Any] | None = None, batch: int = 8, accum: int = 2) -> list[list[int]]:
     """The ids this rank trains on in each of `count` updates."""
     it = stream.batches(batch, accum, world, rank, workers, False, start, state)
-    return [sum((next(it)[0].view(-1).tolist() for _ in range(accum)), []) for _ in range(count)]
+    return [flat(next(it)[0].view(-1).tolist() for _ in range(accum)) for _ in range(count)]
 
 
 def test_a_stream_gives_each_sample_to_one_rank_once_per_pass_and_two_ranks_see_what_one_sees(tmp_path):
@@ -129,7 +134,7 @@ def test_a_stream_gives_each_sample_to_one_rank_once_per_pass_and_two_ranks_see_
         assert sorted(ranks[0][u] + ranks[1][u]) == sorted(one[u])  # 1 process == 2 processes, per update
         assert not set(ranks[0][u]) & set(ranks[1][u])
     for first in (0, 12):  # each pass: no id twice, none skipped but the tail of fewer than a global batch
-        seen = sum(one[first : first + 12], [])
+        seen = flat(one[first : first + 12])
         assert len(seen) == len(set(seen)) == 96 and set(seen) <= set(range(100))
     assert one[:12] != one[12:]  # the next pass reads the shards in another order
     assert stream.state_dict()["pass"] == 1
@@ -148,7 +153,7 @@ def test_a_stream_resumes_from_its_saved_position_across_a_pass_end(tmp_path, wo
     resumed = updates(id_stream(tmp_path), 20, workers=workers, start=10, state=state)
     assert resumed == straight[10:]
     pass_length = 12 if workers == 0 else 11  # 2 workers read 2 shards each and each drops its own tail
-    seen = sum(straight[:pass_length], [])
+    seen = flat(straight[:pass_length])
     assert len(seen) == len(set(seen)) == 8 * pass_length
 
 
@@ -254,30 +259,60 @@ def test_hf_map_style_learns_and_a_kill_and_resume_is_bit_identical(corpus, hf_r
     assert_same_training(hf_reference, tmp_path / "killed")
 
 
+def assert_close_training(out: Path, reference: Path) -> None:
+    """2 processes vs 1: the same lr column, the losses and weights to float rounding (gradients are averaged
+    over ranks in another order)."""
+    summary = read_summary(out)
+    assert summary["world_size"] == 2 and len(set(summary["replica_digests"])) == 1
+    mine, ref = train_rows(out), train_rows(reference)
+    assert [r["lr"] for r in mine.values()] == [r["lr"] for r in ref.values()]
+    np.testing.assert_allclose([r["loss"] for r in mine.values()], [r["loss"] for r in ref.values()], rtol=2e-4)
+    theirs = load_file(reference / "model.safetensors")
+    for name, tensor in load_file(out / "model.safetensors").items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=1e-3, atol=2e-5, msg=name)
+
+
 @pytest.mark.e2e
 @pytest.mark.ddp
 def test_hf_map_style_on_two_processes_trains_as_on_one(corpus, hf_reference, tmp_path):
     out = tmp_path / "two"
     run_train(*tiny_args(corpus, "hf_text", "data.num_workers=1"), f"output_dir={out}", launcher="accelerate",
               nproc=2)
-    summary = read_summary(out)
-    assert summary["world_size"] == 2 and len(set(summary["replica_digests"])) == 1
-    mine, ref = train_rows(out), train_rows(hf_reference)
-    assert [r["lr"] for r in mine.values()] == [r["lr"] for r in ref.values()]
-    np.testing.assert_allclose([r["loss"] for r in mine.values()], [r["loss"] for r in ref.values()], rtol=2e-4)
-    theirs = load_file(hf_reference / "model.safetensors")
-    for name, tensor in load_file(out / "model.safetensors").items():
-        torch.testing.assert_close(tensor, theirs[name], rtol=1e-3, atol=2e-5, msg=name)
+    assert_close_training(out, hf_reference)
+
+
+STREAM = ("data.num_workers=2", "train.keep_checkpoints=4")  # two DataLoader workers, 3 shards each
+
+
+@pytest.fixture(scope="module")
+def stream_reference(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stream_ref")
+    run_train(*tiny_args(corpus, "hf_stream", *STREAM), f"output_dir={out}")
+    return out
+
+
+def stream_pass(out: Path, step: int) -> int:
+    """The pass of the stream that checkpoint `step` is in."""
+    state = torch.load(out / "checkpoints" / f"step_{step:08d}" / "trainer.pt", weights_only=True)
+    return int(state["data"]["pass"])
 
 
 @pytest.mark.e2e
-def test_hf_stream_kill_and_resume_with_workers_is_bit_identical_across_a_pass_end(corpus, tmp_path):
-    args = tiny_args(corpus, "hf_stream", "data.num_workers=2")
-    reference = tmp_path / "reference"
-    run_train(*args, f"output_dir={reference}")
-    assert len(train_rows(reference)) == 24
-    kill_and_resume(args, tmp_path / "killed")
-    assert_same_training(reference, tmp_path / "killed")
+def test_hf_stream_kill_and_resume_with_workers_is_bit_identical_across_a_pass_end(corpus, stream_reference,
+                                                                                    tmp_path):
+    rows = train_rows(stream_reference)
+    assert len(rows) == 24 and rows[24]["loss"] < rows[1]["loss"] - 0.5
+    kill_and_resume(tiny_args(corpus, "hf_stream", *STREAM), tmp_path / "killed")
+    assert_same_training(stream_reference, tmp_path / "killed")
+    assert (stream_pass(tmp_path / "killed", 12), stream_pass(tmp_path / "killed", 24)) == (0, 1)
+
+
+@pytest.mark.e2e
+@pytest.mark.ddp
+def test_hf_stream_on_two_processes_trains_as_on_one(corpus, stream_reference, tmp_path):
+    out = tmp_path / "two"
+    run_train(*tiny_args(corpus, "hf_stream", *STREAM), f"output_dir={out}", launcher="accelerate", nproc=2)
+    assert_close_training(out, stream_reference)
 
 
 @pytest.mark.e2e
