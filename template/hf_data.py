@@ -202,20 +202,34 @@ def _check_columns(have: list[str] | None, transform: Transform, name: str, wher
 class ArrowPairs(Dataset):
     """(x, y) rows of a transformed Arrow table; a list of indices is read as one batch in one Arrow `take`
     (like a `TensorDataset`), which is how the trainer's loader reads it. The table is memory-mapped from the
-    `datasets` cache, so DataLoader workers share it instead of copying it."""
+    `datasets` cache, so DataLoader workers share it instead of copying it. Read with pyarrow directly:
+    `datasets`' numpy formatting of a batch costs more than a small model's update (scripts/bench_data.py)."""
 
     batched_indexing = True  # data.make_loader: index with a micro-batch's whole index list at once
 
     def __init__(self, table: Any, tokens_per_sample: int | None = None) -> None:
-        self.table = table.with_format("numpy", columns=["x", "y"])
+        if table._indices is not None:  # a select()ed view: write the selected rows out, so `take` is direct
+            table = table.flatten_indices()
+        self.table = table
         self.tokens_per_sample = tokens_per_sample
+        first = table.with_format("numpy")[0] if len(table) else {"x": np.zeros(0), "y": np.zeros(0)}
+        self.shapes = {k: np.asarray(first[k]).shape for k in ("x", "y")}  # one sample's
 
     def __len__(self) -> int:
         return len(self.table)
 
+    def _column(self, rows: Any, name: str, count: int) -> torch.Tensor:
+        values = rows.column(name).combine_chunks()
+        while hasattr(values, "flatten"):  # (fixed-size) list arrays, nested for 2-d samples: to the values
+            values = values.flatten()
+        array = values.to_numpy(zero_copy_only=False).reshape(count, *self.shapes[name])
+        return torch.from_numpy(array if array.flags.writeable else array.copy())  # torch refuses read-only memory
+
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.table[torch.as_tensor(index).tolist()]
-        return torch.from_numpy(np.asarray(rows["x"])), torch.from_numpy(np.asarray(rows["y"]))
+        indices = torch.as_tensor(index, dtype=torch.int64)
+        rows = self.table.data.table.take(indices.reshape(-1).numpy())
+        x, y = (self._column(rows, name, indices.numel()) for name in ("x", "y"))
+        return (x[0], y[0]) if indices.dim() == 0 else (x, y)
 
 
 def _transformed(table: Any, transform: Transform, name: str, where: str) -> Any:
@@ -290,6 +304,58 @@ def hf_dataset(seed: int, data_files: str | list[str] | None = None, path: str |
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Packed:
+    """A transform whose output for a whole map call is one row: the samples of up to MAP_BATCH input rows,
+    stacked. `datasets` then iterates (and keeps its state) per pack instead of per sample, where its per-sample
+    overhead would cost more than a small model's update (scripts/bench_data.py)."""
+
+    fn: Callable[[dict[str, list[Any]]], dict[str, Any]]
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
+        out = self.fn(batch)
+        return {"x": [np.asarray(out["x"])], "y": [np.asarray(out["y"])]}
+
+
+class GlobalBatches(torch.utils.data.IterableDataset):
+    """Packs of samples from a `datasets` IterableDataset cut into global batches (the incomplete tail of the
+    pass dropped). The position is `datasets`' own `state_dict()` from before the current pack plus how many of
+    its samples were used: a resume reloads that state, rereads one pack and skips those samples.
+    StatefulDataLoader saves it per DataLoader worker."""
+
+    def __init__(self, packs: Any, global_batch: int) -> None:
+        self.packs, self.global_batch = packs, global_batch
+        self._before: dict[str, Any] = dict(packs.state_dict())  # `datasets`' state before the current pack
+        self._used = 0  # samples of the current pack already in a batch
+        self._skip = 0  # on resume: samples of the first pack that the saved run had used
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        before, skip = self._before, self._skip
+        parts: list[tuple[np.ndarray, np.ndarray]] = []  # the next batch's pieces, from one pack or two
+        have = 0
+        for pack in self.packs:  # in a DataLoader worker, `datasets` reads only that worker's files
+            after = dict(self.packs.state_dict())  # `datasets`' state just past this pack
+            x, y = np.asarray(pack["x"]), np.asarray(pack["y"])
+            self._before, self._used, start = before, skip, skip
+            while start < len(x):
+                take = min(self.global_batch - have, len(x) - start)
+                parts.append((x[start : start + take], y[start : start + take]))
+                have, start = have + take, start + take
+                self._used = start
+                if have == self.global_batch:
+                    yield (torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                           torch.from_numpy(np.concatenate([p[1] for p in parts])))
+                    parts, have = [], 0
+            before, skip = after, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"packs": self._before, "used": self._used}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.packs.load_state_dict(state["packs"])
+        self._before, self._skip = state["packs"], int(state["used"])
+
+
 class HFStream:
     """A stream of (x, y) samples from local files, cut into global batches; see the module docstring.
 
@@ -312,10 +378,12 @@ class HFStream:
         order = torch.randperm(len(self.files), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
         return [self.files[i] for i in order.tolist()]
 
-    def samples(self, epoch: int) -> Any:
-        """Pass `epoch` as a `datasets` IterableDataset of transformed samples (columns x, y)."""
+    def samples(self, epoch: int, packed: bool = False) -> Any:
+        """Pass `epoch` as a `datasets` IterableDataset of transformed samples (columns x, y), or of packs of
+        them (one row per MAP_BATCH input rows: x and y stacked)."""
         raw = _load(self.pass_files(epoch), self.format, "data.kwargs.data_files", True, self.cache_dir)
-        return raw.map(self.transform.fn, batched=True, batch_size=MAP_BATCH, remove_columns=raw.column_names)
+        fn = _Packed(self.transform.fn) if packed else self.transform.fn
+        return raw.map(fn, batched=True, batch_size=MAP_BATCH, remove_columns=raw.column_names)
 
     def check(self, global_batch: int) -> None:
         """Read up to one global batch: an empty stream, or one shorter than a batch, stops the run before it
@@ -331,8 +399,8 @@ class HFStream:
     def _make_loader(self, epoch: int, global_batch: int, num_workers: int, pin_memory: bool) -> Any:
         from torchdata.stateful_dataloader import StatefulDataLoader
 
-        batched = self.samples(epoch).batch(global_batch, drop_last_batch=True).with_format("numpy")
         # each worker reads its share of the files and cuts whole global batches (its own tail is dropped)
+        batched = GlobalBatches(self.samples(epoch, packed=True), global_batch)
         with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch telemetry hook: noise
             warnings.filterwarnings("ignore", message=".*set_vital.*")
             return StatefulDataLoader(batched, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
@@ -352,10 +420,10 @@ class HFStream:
             if position is not None:
                 self._loader.load_state_dict(position)
             read = 0
-            for batch in self._loader:
+            for whole_x, whole_y in self._loader:
                 read += 1
-                x = batch["x"].view(accum, world, per_rank, *batch["x"].shape[1:])
-                y = batch["y"].view(accum, world, per_rank, *batch["y"].shape[1:])
+                x = whole_x.view(accum, world, per_rank, *whole_x.shape[1:])
+                y = whole_y.view(accum, world, per_rank, *whole_y.shape[1:])
                 for micro in range(accum):
                     yield x[micro, rank], y[micro, rank]
             if not read and position is None:  # a whole pass without a batch: the files changed under the run

@@ -32,6 +32,7 @@ from harness import STDLIB, Launched, assert_same_training, wait_for_step
 datasets = pytest.importorskip("datasets")
 pytest.importorskip("torchdata")
 
+from template import hf_data  # noqa: E402
 from template.hf_data import byte_windows, columns_to_tensors, hf_dataset, hf_stream  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
@@ -140,18 +141,22 @@ def test_a_stream_gives_each_sample_to_one_rank_once_per_pass_and_two_ranks_see_
     assert stream.state_dict()["pass"] == 1
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_stream_resumes_from_its_saved_position_across_a_pass_end(tmp_path, workers):
+@pytest.mark.parametrize(("workers", "pack"), [(0, 1000), (0, 7), (2, 1000), (2, 7)])
+def test_a_stream_resumes_from_its_saved_position_across_a_pass_end(tmp_path, monkeypatch, workers, pack):
+    """From a state saved after any update (within the first pack, or with packs of 7 rows, where a global batch
+    spans packs), the stream goes on as if never stopped, across the end of the pass."""
+    monkeypatch.setattr(hf_data, "MAP_BATCH", pack)
     stream = id_stream(tmp_path)
     straight = updates(stream, 30, workers=workers)
-    first = id_stream(tmp_path)
-    updates(first, 10, workers=workers)  # (the generator is paused where a checkpoint would be taken)
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)  # what a checkpoint holds, read back as the trainer reads it
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
-    resumed = updates(id_stream(tmp_path), 20, workers=workers, start=10, state=state)
-    assert resumed == straight[10:]
+    for stop in (1, 10, 12):
+        first = id_stream(tmp_path)
+        updates(first, stop, workers=workers)  # (the generator is paused where a checkpoint would be taken)
+        buffer = io.BytesIO()
+        torch.save(first.state_dict(), buffer)  # what a checkpoint holds, read back as the trainer reads it
+        buffer.seek(0)
+        state = torch.load(buffer, weights_only=True)
+        resumed = updates(id_stream(tmp_path), 30 - stop, workers=workers, start=stop, state=state)
+        assert resumed == straight[stop:], stop
     pass_length = 12 if workers == 0 else 11  # 2 workers read 2 shards each and each drops its own tail
     seen = flat(straight[:pass_length])
     assert len(seen) == len(set(seen)) == 8 * pass_length
