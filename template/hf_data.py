@@ -200,36 +200,62 @@ def _check_columns(have: list[str] | None, transform: Transform, name: str, wher
 
 
 class ArrowPairs(Dataset):
-    """(x, y) rows of a transformed Arrow table; a list of indices is read as one batch in one Arrow `take`
-    (like a `TensorDataset`), which is how the trainer's loader reads it. The table is memory-mapped from the
-    `datasets` cache, so DataLoader workers share it instead of copying it. Read with pyarrow directly:
-    `datasets`' numpy formatting of a batch costs more than a small model's update (scripts/bench_data.py)."""
+    """(x, y) rows of a transformed Arrow table, read as numpy views of its memory-mapped record batches.
+
+    A list of indices is read as one batch (like a `TensorDataset`), which is how the trainer's loader reads
+    it. Neither `datasets`' formatting nor an Arrow `take` serves that: the first costs more than a small
+    model's update, the second concatenates the table's chunks on every call (scripts/bench_data.py). The
+    views are built lazily in each process, so DataLoader workers map the file themselves.
+    """
 
     batched_indexing = True  # data.make_loader: index with a micro-batch's whole index list at once
 
     def __init__(self, table: Any, tokens_per_sample: int | None = None) -> None:
-        if table._indices is not None:  # a select()ed view: write the selected rows out, so `take` is direct
+        if table._indices is not None:  # a select()ed view: write the selected rows out, so rows are direct
             table = table.flatten_indices()
         self.table = table
         self.tokens_per_sample = tokens_per_sample
         first = table.with_format("numpy")[0] if len(table) else {"x": np.zeros(0), "y": np.zeros(0)}
         self.shapes = {k: np.asarray(first[k]).shape for k in ("x", "y")}  # one sample's
+        self._views: tuple[np.ndarray, list[np.ndarray], list[np.ndarray]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_views": None}
+
+    def _column(self, batch: Any, name: str) -> np.ndarray:
+        values = batch.column(name)
+        while hasattr(values, "flatten"):  # (fixed-size) list arrays, nested for 2-d samples: to the values
+            values = values.flatten()
+        try:
+            array = values.to_numpy(zero_copy_only=True)  # a view of the mapped file
+        except Exception:  # nulls or a type numpy cannot view: a copy of this record batch
+            array = values.to_numpy(zero_copy_only=False)
+        return array.reshape(len(batch), *self.shapes[name])
+
+    @property
+    def views(self) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """(first row of each record batch, x per record batch, y per record batch)."""
+        if self._views is None:
+            batches = [b for b in self.table.data.table.to_batches() if len(b)]
+            starts = np.cumsum([0] + [len(b) for b in batches[:-1]])
+            self._views = (starts, [self._column(b, "x") for b in batches], [self._column(b, "y") for b in batches])
+        return self._views
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def _column(self, rows: Any, name: str, count: int) -> torch.Tensor:
-        values = rows.column(name).combine_chunks()
-        while hasattr(values, "flatten"):  # (fixed-size) list arrays, nested for 2-d samples: to the values
-            values = values.flatten()
-        array = values.to_numpy(zero_copy_only=False).reshape(count, *self.shapes[name])
-        return torch.from_numpy(array if array.flags.writeable else array.copy())  # torch refuses read-only memory
-
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        indices = torch.as_tensor(index, dtype=torch.int64)
-        rows = self.table.data.table.take(indices.reshape(-1).numpy())
-        x, y = (self._column(rows, name, indices.numel()) for name in ("x", "y"))
-        return (x[0], y[0]) if indices.dim() == 0 else (x, y)
+        starts, xs, ys = self.views
+        indices = np.asarray(torch.as_tensor(index, dtype=torch.int64).reshape(-1))
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} rows")
+        chunks = np.searchsorted(starts, indices, side="right") - 1
+        rows = (indices - starts[chunks]).tolist()
+        x = np.stack([xs[c][r] for c, r in zip(chunks.tolist(), rows, strict=True)])  # copies: writable
+        y = np.stack([ys[c][r] for c, r in zip(chunks.tolist(), rows, strict=True)])
+        if np.ndim(index) == 0 and not isinstance(index, (list, tuple)):
+            return torch.from_numpy(x[0]), torch.from_numpy(y[0])
+        return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def _transformed(table: Any, transform: Transform, name: str, where: str) -> Any:
