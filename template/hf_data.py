@@ -218,6 +218,12 @@ class ArrowPairs(Dataset):
         first = table.with_format("numpy")[0] if len(table) else {"x": np.zeros(0), "y": np.zeros(0)}
         self.shapes = {k: np.asarray(first[k]).shape for k in ("x", "y")}  # one sample's
         self._views: tuple[np.ndarray, list[np.ndarray], list[np.ndarray]] | None = None
+        try:
+            self.views  # noqa: B018  (built once here, so samples of unequal shapes fail before training)
+        except ValueError:
+            raise ConfigError("data.kwargs.transform_kwargs", f"the transform's samples differ in shape (the first "
+                                                              f"is x {self.shapes['x']}, y {self.shapes['y']}): "
+                                                              "list columns must have one length") from None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_views": None}
@@ -260,7 +266,11 @@ class ArrowPairs(Dataset):
 
 def _transformed(table: Any, transform: Transform, name: str, where: str) -> Any:
     _check_columns(table.column_names, transform, name, where)
-    return table.map(transform.fn, batched=True, batch_size=MAP_BATCH, remove_columns=table.column_names)
+    try:
+        return table.map(transform.fn, batched=True, batch_size=MAP_BATCH, remove_columns=table.column_names)
+    except Exception as exc:  # the transform met rows it cannot take (ragged lists, text in a number column)
+        raise ConfigError("data.kwargs.transform_kwargs", f"transform '{name}' failed on {where}: "
+                                                          f"{describe(exc)}") from None
 
 
 def _from_disk(path: str, split: str, eval_split: str | None) -> tuple[Any, Any]:
@@ -394,7 +404,7 @@ class HFStream:
         self.files, self.format, self.transform = files, format, transform
         self.seed, self.shuffle_files, self.cache_dir = seed, shuffle_files, cache_dir
         self.tokens_per_sample = transform.tokens_per_sample
-        self._pass = 0
+        self._pass, self._workers = 0, 0
         self._loader: Any = None
 
     def pass_files(self, epoch: int) -> list[str]:
@@ -415,10 +425,14 @@ class HFStream:
         """Read up to one global batch: an empty stream, or one shorter than a batch, stops the run before it
         starts (a ConfigError), rather than at the first update."""
         count = 0
-        for _ in self.samples(0):
-            count += 1
-            if count == global_batch:
-                return
+        try:
+            for _ in self.samples(0):
+                count += 1
+                if count == global_batch:
+                    return
+        except Exception as exc:  # the transform met rows it cannot take (ragged lists, text in a number column)
+            raise ConfigError("data.kwargs.transform_kwargs", f"the transform failed on the stream's first rows: "
+                                                              f"{describe(exc)}") from None
         raise ConfigError("data.kwargs.data_files", f"the stream gives {count} samples per pass after the transform,"
                                                     f" fewer than one global batch (train.batch_size={global_batch})")
 
@@ -438,9 +452,14 @@ class HFStream:
         if start and state is None:
             raise ConfigError("train.resume", "the checkpoint holds no stream position (it was written by a run "
                                               "on another data source): set train.resume=none to start over")
-        per_rank = global_batch // (accum * world)
+        per_rank, self._workers = global_batch // (accum * world), num_workers
         epoch = int(state["pass"]) if state else 0
         position = state["loader"] if state else None
+        saved_workers = int(state.get("workers", num_workers)) if state else num_workers
+        if saved_workers != num_workers:  # each worker's position is in its own files
+            raise ConfigError("data.num_workers", f"the checkpoint's stream position was saved with {saved_workers} "
+                                                  f"DataLoader workers, each reading its own files: resume with "
+                                                  f"data.num_workers={saved_workers}")
         while True:
             self._pass, self._loader = epoch, self._make_loader(epoch, global_batch, num_workers, pin_memory)
             if position is not None:
@@ -458,7 +477,8 @@ class HFStream:
 
     def state_dict(self) -> dict[str, Any]:
         """The pass and the loader's position (each worker's `datasets` state): the same on every rank."""
-        return {"pass": self._pass, "loader": self._loader.state_dict() if self._loader is not None else None}
+        return {"pass": self._pass, "workers": self._workers,
+                "loader": self._loader.state_dict() if self._loader is not None else None}
 
 
 def hf_stream(seed: int, data_files: str | list[str] = "data/hf_text/train-*.jsonl", format: str | None = None,

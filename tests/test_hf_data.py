@@ -208,6 +208,64 @@ def test_bad_map_style_sources_and_short_streams_are_config_errors(tmp_path):
     assert err.value.key == "data.kwargs.data_files" and "10 samples per pass" in err.value.problem
 
 
+def test_a_stream_position_resumes_only_where_it_can(tmp_path):
+    stream = id_stream(tmp_path)
+    updates(stream, 3, workers=0)
+    state = stream.state_dict()
+    assert state["workers"] == 0
+    with pytest.raises(ConfigError) as err:  # each worker's position is in its own files
+        updates(id_stream(tmp_path), 1, workers=2, start=3, state=state)
+    assert err.value.key == "data.num_workers" and "data.num_workers=0" in err.value.problem
+    with pytest.raises(ConfigError) as err:  # a checkpoint of a map-style run holds no position
+        updates(id_stream(tmp_path), 1, start=3, state=None)
+    assert err.value.key == "train.resume"
+
+
+def test_rows_the_transform_cannot_take_are_a_config_error(tmp_path):
+    write_jsonl(tmp_path / "ragged.jsonl", [{"x": [1.0] * (1 + i % 2), "y": 0.0} for i in range(8)])
+    write_jsonl(tmp_path / "text.jsonl", [{"x": "one", "y": 0.0} for i in range(8)])
+    for name in ("ragged", "text"):
+        kwargs = {"data_files": str(tmp_path / f"{name}.jsonl"), "transform": "columns_to_tensors",
+                  "cache_dir": str(tmp_path / "c")}
+        with pytest.raises(ConfigError) as err:
+            hf_dataset(0, **kwargs)
+        assert err.value.key == "data.kwargs.transform_kwargs" and "failed on" in err.value.problem, name
+        stream, _ = hf_stream(0, **kwargs)
+        with pytest.raises(ConfigError) as err:
+            stream.check(4)
+        assert err.value.key == "data.kwargs.transform_kwargs" and "failed on" in err.value.problem, name
+
+
+def ragged_samples(batch: dict[str, list[Any]]) -> dict[str, Any]:
+    return {"x": [[1.0] * (1 + i % 2) for i in range(len(batch["y"]))], "y": batch["y"]}
+
+
+@hf_data.TRANSFORMS.register("test_ragged")
+def ragged() -> hf_data.Transform:
+    """A forker's transform whose samples differ in length: fine for `datasets`, not for a batch."""
+    return hf_data.Transform(("y",), ragged_samples)
+
+
+def test_samples_of_unequal_shapes_are_a_config_error(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", numeric_rows(8))
+    with pytest.raises(ConfigError) as err:
+        hf_dataset(0, data_files=str(tmp_path / "d.jsonl"), transform="test_ragged", cache_dir=str(tmp_path / "c"))
+    assert err.value.key == "data.kwargs.transform_kwargs" and "differ in shape" in err.value.problem
+
+
+def test_a_stream_refuses_an_epoch_interval_and_logs_its_run_fraction_as_epoch(corpus):
+    from template.config import load_config
+    from template.parts import build_parts
+
+    overrides = [f"data.kwargs.data_files={corpus}/train-*.jsonl", "data.kwargs.eval_files=null",
+                 f"data.kwargs.cache_dir={corpus}/cache", "train.max_steps=30"]
+    parts = build_parts(load_config("configs/hf_stream.yaml", overrides))
+    assert parts.updates_per_epoch == 30 and parts.eval_set is None
+    with pytest.raises(ConfigError) as err:
+        build_parts(load_config("configs/hf_stream.yaml", [*overrides, "scheduler.interval=epoch"]))
+    assert err.value.key == "scheduler.interval"
+
+
 # ------------------------------------------------------------------------------------------------
 # Real runs of a tiny GPT on local JSON Lines files
 # ------------------------------------------------------------------------------------------------
