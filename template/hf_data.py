@@ -10,11 +10,12 @@ Every rank reads the whole stream and keeps its slice of each global batch, cut 
 sampler cuts one (micro-batch, then rank): so each sample goes to exactly one rank, 1 process == N processes
 holds for streams too, and every rank reaches the end of a pass at the same update (no rank waits in a
 collective for one that ran out). The price is that each rank decodes the whole stream. The position in the
-stream is torchdata's `StatefulDataLoader` state (which holds `datasets`' own `IterableDataset.state_dict()`,
-per worker), identical on every rank, saved in the checkpoint and restored on resume: a resumed run reads on
-from where the checkpoint was, without replaying the stream. At the end of a pass the next pass starts, with
-the files in a new order drawn from (seed, pass). No shuffle buffer: `datasets` does not save its contents,
-so a resume would not be exact.
+stream is torchdata's `StatefulDataLoader` state (which holds, per worker, `datasets`' own
+`IterableDataset.state_dict()` from before the current pack of samples and how many of the pack were used),
+identical on every rank, saved in the checkpoint and restored on resume: a resumed run reads on from where
+the checkpoint was, rereading at most one pack (one transform call), never replaying the stream. At the end
+of a pass the next pass starts, with the files in a new order drawn from (seed, pass). No shuffle buffer:
+`datasets` does not save its contents, so a resume would not be exact.
 
 Every bad input (a missing file, a column the transform needs, an empty stream) is a ConfigError naming
 `data.kwargs.<key>`: exit 2, one line. `datasets` and `torchdata` are the `data` extra, imported here only.
