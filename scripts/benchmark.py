@@ -2,8 +2,8 @@
 """Benchmark the template's trainer against hand-written loops, and its side costs.
 
     python scripts/benchmark.py [--out bench.json] [--threads 1] [--device cpu|cuda] [--repeats 5]
-                                [--sections throughput,optimizer,overhead,gpu_sync,sync,wandb,startup,gpt] [--quick]
-                                [--no-lightning] [--no-compile]
+                                [--sections throughput,optimizer,overhead,gpu_sync,sync,wandb,startup,gpt,data]
+                                [--quick] [--no-lightning] [--no-compile]
 
 Sections (all by default; `--quick`: few steps, one repeat, small model only, no Lightning, no
 2-process or W&B runs, the GPT with compile off only):
@@ -62,6 +62,9 @@ Sections (all by default; `--quick`: few steps, one repeat, small model only, no
   the import time of `template.trainer` alone (timed in a fresh interpreter, and `python -X importtime`
   for its heaviest imports); and the first `torch.optim.Optimizer` of a process, which imports
   torch._dynamo (every loop pays it once).
+
+- data: samples/s of the data sources through the trainer's loader code, the in-memory TensorDataset
+  against `hf` and `hf_stream` on the same rows, beside the small MLP's own rate (scripts/bench_data.py).
 
 - gpt: tokens per second of the trainer on configs/gpt.yaml (its GPT, byte tokens memmapped from
   train.bin, AdamW with the `no_decay` group, warmup-cosine lr, clip 1.0; overrides as in throughput)
@@ -144,7 +147,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 
 from template.config import DEFAULT_CONFIG, Config, load_config  # noqa: E402
 
-SECTIONS = ("throughput", "optimizer", "overhead", "gpu_sync", "sync", "wandb", "startup", "gpt")
+SECTIONS = ("throughput", "optimizer", "overhead", "gpu_sync", "sync", "wandb", "startup", "gpt", "data")
 QUICK_SECTIONS = ("throughput", "optimizer", "overhead", "startup", "gpt")
 LOG_EVERY = 10  # the trainer's default cadence; every loop reads the loss this often
 
@@ -1097,6 +1100,13 @@ def token_data(workdir: Path) -> Path:
     return out
 
 
+def section_data(args: argparse.Namespace) -> dict[str, Any]:
+    """scripts/bench_data.py (needs the data extra: pip install -e ".[data]")."""
+    from bench_data import data_section
+
+    return data_section(args)
+
+
 def section_gpt(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
     """Tokens/s of the trainer and of the nanoGPT-style loop on the same GPT, compile off and on, side by side.
 
@@ -1344,6 +1354,10 @@ def print_report(results: dict[str, Any]) -> None:
             print("(1st update column, compile: the first repeat's / the second's, cold / warm inductor cache)")
         for note in g.get("notes", []):
             print(f"note: {note}")
+    if "data" in results:
+        from bench_data import print_data_section
+
+        print_data_section(results["data"])
     print("\n-- targets")
     for t in results["targets"]:
         print(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']:48s} {t['value']:8.4f}  (target {t['bound']}; "
@@ -1425,6 +1439,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "wandb": lambda: section_wandb(args, device, workdir),
             "startup": lambda: section_startup(args, device, workdir),
             "gpt": lambda: section_gpt(args, device, workdir),
+            "data": lambda: section_data(args),
         }
         for section in args.sections:
             print(f"[{section}]", flush=True)

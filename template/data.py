@@ -8,11 +8,12 @@ update's index, never on the world size or on where a previous run stopped.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from template.hf_data import hf_dataset, hf_stream
 from template.registry import Registry
 from template.tokens import token_files
 
@@ -51,6 +52,48 @@ def synthetic_linear(
 
 
 DATASETS.add("tokens", token_files)  # token files larger than memory (template/tokens.py)
+DATASETS.add("hf", hf_dataset)  # Hugging Face datasets: local files or save_to_disk, map-style (template/hf_data.py)
+DATASETS.add("hf_stream", hf_stream)  # the same files streamed, position saved in checkpoints (template/hf_data.py)
+
+
+@runtime_checkable
+class StreamingData(Protocol):
+    """A training set that cannot be indexed at random (template/hf_data.py's `HFStream`): it cuts its own
+    global batches and keeps its own position, which the trainer saves in checkpoints as `data`."""
+
+    def check(self, global_batch: int) -> None: ...
+
+    def batches(self, global_batch: int, accum: int, world: int, rank: int, num_workers: int, pin_memory: bool,
+                start: int, state: dict[str, Any] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+class TrainData:
+    """This rank's training micro-batches from update `start` on, and what a checkpoint must hold to
+    continue them: a stream's own position (`data`), or the global batch sampler's (epoch, sample offset)
+    (`data_position`; a checkpoint without it continues at update `start` of this batch)."""
+
+    def __init__(self, dataset: Any, global_batch: int, accum: int, world: int, rank: int, seed: int, start: int,
+                 num_workers: int, pin_memory: bool, state: dict[str, Any] | None) -> None:
+        state = state or {}
+        self.start, self.stream, self.sampler = start, None, None
+        if isinstance(dataset, StreamingData):
+            self.stream = dataset
+            self.batches: Iterator[Any] = dataset.batches(global_batch, accum, world, rank, num_workers, pin_memory,
+                                                          start, state.get("data"))
+            return
+        position = tuple(state["data_position"]) if "data_position" in state else None
+        self.sampler = GlobalBatchSampler(len(dataset), global_batch, accum, world, rank, seed, start_update=start,
+                                          start_position=position)  # type: ignore[arg-type]
+        self.batches = iter(make_loader(dataset, self.sampler, num_workers, pin_memory))
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """The position after update `step`."""
+        if self.stream is not None:
+            return {"data": self.stream.state_dict()}
+        assert self.sampler is not None
+        return {"data_position": list(self.sampler.position(step - self.start))}
 
 
 class GlobalBatchSampler(Sampler[list[int]]):

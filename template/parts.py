@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from template.config import Config, ConfigError
-from template.data import DATASETS
+from template.data import DATASETS, StreamingData
 from template.hooks import Hooks
 from template.losses import LOSSES
 from template.models import MODELS
@@ -43,6 +43,17 @@ def import_plugins(cfg: Config) -> None:
             raise ConfigError(f"imports.{i}", f"cannot import '{name}': {exc}") from None
 
 
+def stream_horizon(cfg: Config, stream: StreamingData) -> int:
+    """Check that a stream gives at least one global batch, and return what stands in for its epoch length:
+    a stream's pass length is unknown until it is read, so the run's `train.max_steps` (its `epoch` column
+    is the fraction of the run done), and an lr schedule cannot count in epochs."""
+    if cfg.scheduler.interval == "epoch":
+        raise ConfigError("scheduler.interval", f"'epoch' needs a known epoch length, which the stream "
+                                                f"'{cfg.data.name}' has not: use 'step'")
+    stream.check(cfg.train.batch_size)
+    return cfg.train.max_steps
+
+
 def build_parts(cfg: Config, world_size: int = 1) -> Parts:
     """Model, loss, optimizer, lr schedule and data from the config; every bad value is a ConfigError."""
     import_plugins(cfg)
@@ -57,9 +68,13 @@ def build_parts(cfg: Config, world_size: int = 1) -> Parts:
     model = MODELS.build(cfg.model.name, **cfg.model.kwargs)
     loss_fn = LOSSES.build(cfg.loss.name, **cfg.loss.kwargs)
     train_set, eval_set = DATASETS.build(cfg.data.name, cfg.seed, **cfg.data.kwargs)
-    if t.batch_size > len(train_set):  # type: ignore[arg-type]
-        raise ConfigError("train.batch_size", f"{t.batch_size} is larger than the dataset ({len(train_set)} samples)")  # type: ignore[arg-type]
-    updates_per_epoch = len(train_set) // t.batch_size  # type: ignore[arg-type]
+    if isinstance(train_set, StreamingData):
+        updates_per_epoch = stream_horizon(cfg, train_set)
+    else:
+        size = len(train_set)  # type: ignore[arg-type]
+        if t.batch_size > size:
+            raise ConfigError("train.batch_size", f"{t.batch_size} is larger than the dataset ({size} samples)")
+        updates_per_epoch = size // t.batch_size
     optimizer = build_optimizer(model, cfg.optimizer, cfg.seed)
     schedule = build_schedule(cfg.scheduler, optimizer, updates_per_epoch)
     hooks = Hooks(cfg.hooks)

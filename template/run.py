@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from template import checkpoint, nonfinite
 from template.clock import Clock, make_clock
 from template.compile import compile_model
 from template.config import Config, ConfigError
-from template.data import GlobalBatchSampler, make_eval_loader, make_loader
+from template.data import TrainData, make_eval_loader
 from template.distributed import check_lr_sync, plain_model
 from template.hooks import HookContext, Hooks
 from template.parts import Parts
@@ -83,8 +83,7 @@ class Run:
     hooks: Hooks
     tracker: Tracker
     clock: Clock
-    sampler: GlobalBatchSampler
-    batches: Iterator[Any]
+    data: TrainData
     update: UpdateStep
     ctx: HookContext
     progress: Any
@@ -160,7 +159,7 @@ class Run:
         nonfinite.assert_finite(self.model)
         state = {"step": step, "schedule": self.schedule.state_dict(), "wandb_run_id": self.tracker.run_id,
                  "skipped": self.clock.skipped, "hooks": self.hooks.state_dict(), **self.clock.state_dict(),
-                 "data_position": list(self.sampler.position(step - self.start_step))}
+                 **self.data.state_dict(step)}
         checkpoint.save_checkpoint(self.accelerator, self.out, step, state, self.cfg.train.keep_checkpoints)
 
     def preempted(self, step: int) -> dict[str, Any]:
@@ -200,10 +199,8 @@ def start_run(cfg: Config, accelerator: Accelerator, parts: Parts) -> Run:
     tracker = Tracker(accelerator, cfg, run_id, start, draw_preview=lambda path: plot_lr_preview(cfg, path))
 
     world, rank, pin = accelerator.num_processes, accelerator.process_index, device.type == "cuda"
-    position = tuple(state["data_position"]) if state and "data_position" in state else None
-    sampler = GlobalBatchSampler(len(parts.train_set), t.batch_size, t.grad_accum_steps, world, rank,  # type: ignore[arg-type]
-                                 cfg.seed, start_update=start, start_position=position)  # type: ignore[arg-type]
-    batches = iter(make_loader(parts.train_set, sampler, cfg.data.num_workers, pin))
+    data = TrainData(parts.train_set, t.batch_size, t.grad_accum_steps, world, rank, cfg.seed, start,
+                     cfg.data.num_workers, pin, state)
     eval_loader, eval_steps = None, 0
     if parts.eval_set is not None and t.eval_every:
         eval_loader, eval_steps = make_eval_loader(parts.eval_set, t.batch_size, t.eval_batches, world, rank, pin)
@@ -216,5 +213,5 @@ def start_run(cfg: Config, accelerator: Accelerator, parts: Parts) -> Run:
     progress = tqdm(total=last_step, initial=start, disable=not (accelerator.is_main_process and t.progress),
                     desc="train", dynamic_ncols=True)
     throughput = Throughput(parts.model, parts.train_set, t.batch_size, world, t.peak_flops, device)
-    return Run(cfg, accelerator, parts, model, optimizer, loss_fn, schedule, hooks, tracker, clock, sampler, batches,
-               update, ctx, progress, throughput, eval_loader, eval_steps, start_step=start, last_step=last_step)
+    return Run(cfg, accelerator, parts, model, optimizer, loss_fn, schedule, hooks, tracker, clock, data, update, ctx,
+               progress, throughput, eval_loader, eval_steps, start_step=start, last_step=last_step)

@@ -125,7 +125,7 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
     for step in range(run.start_step + 1, run.last_step + 1):
         logging = step % t.log_every == 0 or step == run.last_step
         lrs = run.schedule.lrs() if logging else {}  # the lr this update uses: what gets logged for it
-        loss, grad_norm, applied = run.update(run.batches, want_norm=logging and cfg.tracking.log_grad_norm)
+        loss, grad_norm, applied = run.update(run.data.batches, want_norm=logging and cfg.tracking.log_grad_norm)
         lr_steps = run.clock.advance(applied)  # none if the update was skipped (non-finite, fp16 overflow)
         run.window.count(restart_after_first=t.compile and not logging)
 
