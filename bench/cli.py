@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py [--out bench.json] [--threads 1] [--device cpu|cuda] [--repeats 5]
                                 [--sections throughput,optimizer,overhead,gpu_sync,sync,wandb,startup,gpt] [--quick]
-                                [--no-lightning] [--no-compile]
+                                [--no-lightning] [--no-compile] [--budget-s 300]
 
 Sections (all by default; `--quick`: few steps, one repeat, small model only, no Lightning, no
 2-process or W&B runs, the GPT with compile off only): one module each in bench/sections/, which says
@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from bench import harness
 from bench.configs import GPT_SPECS, SPECS
 from bench.harness import run_loop_worker, run_worker
 from bench.loops import LOOPS
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-lightning", dest="lightning", action="store_false", help="skip the Lightning loop")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="gpt section: compile off only (as --quick does)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="seconds per section for extra repeats while a target is UNDECIDED (default 300; --quick: 0)")
     p.add_argument("--quick", action="store_true", help="a smoke run: few steps, one repeat, small model only")
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--worker-loop", choices=tuple(LOOPS), help=argparse.SUPPRESS)
@@ -56,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.worker_out:
         return args
     args.repeats = args.repeats or (1 if args.quick else 5)
+    args.budget_s = args.budget_s if args.budget_s is not None else (0.0 if args.quick else 300.0)
     sections = args.sections.split(",") if args.sections else list(QUICK_NAMES if args.quick else NAMES)
     bad = [s for s in sections if s not in NAMES]
     if bad:
@@ -68,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.gpt_spec = replace(GPT_SPECS[args.device], warmup=2, measured=10) if args.quick else GPT_SPECS[args.device]
     if args.quick:
         args.lightning = False
-    if args.threads < 1 or args.repeats < 1:
-        p.error("--threads and --repeats must be >= 1")
+    if args.threads < 1 or args.repeats < 1 or args.budget_s < 0:
+        p.error("--threads and --repeats must be >= 1, --budget-s >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
     return args
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"[{name}]", flush=True)
             results[name] = SECTIONS[NAMES.index(name)].module().run(ctx)
     results["meta"]["loadavg_end"] = os.getloadavg()
+    results["meta"]["worker_processes"] = harness.PROCESSES[0]
+    results["meta"]["budget_s"] = args.budget_s
     results["targets"] = targets(results)
     results["ratios"] = ratios(results)
     print_report(results)

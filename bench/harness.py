@@ -13,6 +13,7 @@ import gc
 import itertools
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -27,11 +28,24 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from bench.configs import GPT_SPECS, ROOT, SPECS, GPTSpec, ModelSpec, bench_config, gpt_config, trainer_overrides
+from bench.configs import (
+    GPT_SPECS,
+    LOG_EVERY,
+    ROOT,
+    SPECS,
+    GPTSpec,
+    ModelSpec,
+    bench_config,
+    gpt_config,
+    trainer_overrides,
+)
 from bench.loops import LOOPS
+from bench.stats import Repeats, median_ci, ratio_ci, spread
 from template.config import DEFAULT_CONFIG, Config, load_config
 
 WORKER_SCRIPT = ROOT / "scripts" / "benchmark.py"  # every worker process runs the benchmark's own command
+WINDOWS = 5  # measurement windows per timed run (StepClock.rates)
+PROCESSES = [0]  # worker processes (or launches) started by this run, for the report
 
 
 class StepClock:
@@ -47,11 +61,14 @@ class StepClock:
         self.warmup, self.total, self.cuda = warmup, total, cuda
         self.wall: list[float] = []
         self.cpu: list[float] = []
+        self.faults: list[int] = []  # minor page faults at the timed window's ends (the glibc setting's effect)
         self._handle: Any = None
 
     def _hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.cuda and len(self.wall) in (self.warmup - 1, self.total - 1):
-            torch.cuda.synchronize()
+        if len(self.wall) in (self.warmup - 1, self.total - 1):  # the timed window's two ends
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
         self.wall.append(time.perf_counter())
         self.cpu.append(time.process_time())
 
@@ -62,7 +79,7 @@ class StepClock:
     def __exit__(self, *exc: object) -> None:
         self._handle.remove()
 
-    def rates(self) -> dict[str, float]:
+    def rates(self) -> dict[str, Any]:
         """Updates per second of wall time and per CPU-second, over updates warmup+1..total; and one over the
         median update's wall time (`wall_median`: a cross-check that a burst of other work barely moves)."""
         if len(self.wall) != self.total:
@@ -71,7 +88,18 @@ class StepClock:
         timed = self.wall[self.warmup - 1:]
         return {"wall": n / (self.wall[-1] - self.wall[self.warmup - 1]),
                 "cpu": n / max(self.cpu[-1] - self.cpu[self.warmup - 1], 1e-9),
-                "wall_median": 1 / max(statistics.median(b - a for a, b in itertools.pairwise(timed)), 1e-12)}
+                "wall_median": 1 / max(statistics.median(b - a for a, b in itertools.pairwise(timed)), 1e-12),
+                "wall_windows": window_rates(timed), "minflt_per_update": (self.faults[-1] - self.faults[0]) / n}
+
+
+def window_rates(stamps: list[float], windows: int = WINDOWS) -> list[float]:
+    """Updates/s over `windows` equal consecutive windows of the timed updates (each a multiple of LOG_EVERY
+    updates, so each holds the same log rows; fewer windows when the run is too short for that)."""
+    n = len(stamps) - 1
+    while windows > 1 and (n % windows or (n // windows) % LOG_EVERY):
+        windows -= 1
+    size = n // windows
+    return [size / (stamps[(i + 1) * size] - stamps[i * size]) for i in range(windows)]
 
 
 def best_per_call_us(trainer_way: Callable[[], object], raw_way: Callable[[], object], calls: int,
@@ -108,6 +136,7 @@ def child_env(threads: int, **extra: str) -> dict[str, str]:
 
 def run_worker_process(cmd: list[str], env: dict[str, str], result: Path) -> dict[str, Any]:
     """Run a worker command (this script in a worker mode, maybe under a launcher); return the JSON it wrote."""
+    PROCESSES[0] += 1
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
@@ -130,9 +159,11 @@ def compare(runs: dict[str, list[dict[str, float]]], base: str) -> dict[str, Any
 
     `ratios` (what the targets use) is the median over repeats of the per-repeat ratio: the variants of
     one repeat ran back to back, so a slow spell on a shared machine hits both sides of a ratio.
+    `ratio_ci` is its 95% interval (bench/stats.py; None below 5 repeats), `spread` each variant's
+    coefficient of variation from one process to the next.
     """
     out: dict[str, Any] = {"updates_per_s": {}, "cpu_updates_per_s": {}, "ratios": {}, "cpu_ratios": {},
-                           "ratio_of_medians": {}, "paired_ratios": {}}
+                           "ratio_of_medians": {}, "paired_ratios": {}, "ratio_ci": {}, "cpu_ratio_ci": {}}
     for label, rs in runs.items():
         out["updates_per_s"][label] = summarize([r["wall"] for r in rs])
         out["cpu_updates_per_s"][label] = summarize([r["cpu"] for r in rs])
@@ -144,6 +175,10 @@ def compare(runs: dict[str, list[dict[str, float]]], base: str) -> dict[str, Any
         out["cpu_ratios"][key] = statistics.median(b["cpu"] / r["cpu"] for b, r in zip(runs[base], rs, strict=True))
         out["ratio_of_medians"][key] = (out["updates_per_s"][base]["median"] / out["updates_per_s"][label]["median"])
         out["paired_ratios"][key] = [b["wall"] / r["wall"] for b, r in zip(runs[base], rs, strict=True)]
+        out["ratio_ci"][key] = median_ci(out["paired_ratios"][key])
+        out["cpu_ratio_ci"][key] = ratio_ci([b["cpu"] for b in runs[base]], [r["cpu"] for r in rs])
+    out["repeats"] = len(runs[base])
+    out["spread"] = {label: spread([r["wall"] for r in rs]) for label, rs in runs.items()}
     out["update_time_us"] = {label: 1e6 / v["median"] for label, v in out["updates_per_s"].items()}
     out["cpu_time_us"] = {label: 1e6 / v["median"] for label, v in out["cpu_updates_per_s"].items()}
     return out
@@ -215,15 +250,21 @@ def worker_run(args: argparse.Namespace, spec: ModelSpec, out_dir: Path, extra: 
 
 
 def ab_runs(args: argparse.Namespace, spec: ModelSpec, workdir: Path, name: str, variants: dict[str, list[str]],
-            nproc: int, env: dict[str, str]) -> dict[str, list[dict[str, float]]]:
+            nproc: int, env: dict[str, str],
+            undecided: Callable[[dict[str, list[dict[str, float]]]], bool] | None = None,
+            ) -> dict[str, list[dict[str, float]]]:
+    """A/B/B/A...: each repeat runs every variant once in a fresh process, the order flipping each repeat,
+    so drift of the machine hits both sides alike; extra repeats while `undecided(runs)` (--budget-s)."""
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
-    for r in range(args.repeats):
+    repeats = Repeats(args.repeats, args.budget_s)
+    while repeats.more(lambda: undecided is not None and undecided(runs)):
+        r = repeats.count - 1
         for label, extra in (list(variants.items()) if r % 2 == 0 else list(variants.items())[::-1]):
             info = worker_run(args, spec, workdir / f"{name}-{label}-{r}", extra, nproc, env)
             if info["world_size"] != nproc:
                 raise RuntimeError(f"{name}: expected world size {nproc}, got {info['world_size']}")
             runs[label].append(info["rates"])
-            print(f"  {name:5s} repeat {r + 1}/{args.repeats} {label:12s} {info['rates']['wall']:10.1f} updates/s "
+            print(f"  {name:5s} repeat {repeats.label()} {label:12s} {info['rates']['wall']:10.1f} updates/s "
                   f"({info['rates']['cpu']:.1f} per CPU-s)", flush=True)
     return runs
 
@@ -235,6 +276,10 @@ def extra_cost(runs: dict[str, list[dict[str, float]]], on: str, off: str) -> di
         result[key] = statistics.median(1e6 / a[clock] - 1e6 / b[clock] for a, b in zip(runs[on], runs[off],
                                                                                           strict=True))
     result["base_update_time_us"] = result["update_time_us"][off]
+    # (t_on - t_off) / t_off per pair, and the same pairs' cost in microseconds: the fractions' intervals
+    pairs = list(zip(runs[on], runs[off], strict=True))
+    result["cost_fraction_ci"] = median_ci([b["wall"] / a["wall"] - 1 for a, b in pairs])
+    result["cost_us_ci"] = median_ci([1e6 / a["wall"] - 1e6 / b["wall"] for a, b in pairs])
     return result
 
 

@@ -38,6 +38,7 @@ SECTIONS = (
     Section("wandb", quick=False),
     Section("startup", quick=True),
     Section("gpt", quick=True),
+    Section("malloc", quick=False),
 )
 NAMES = tuple(s.name for s in SECTIONS)
 QUICK_NAMES = tuple(s.name for s in SECTIONS if s.quick)
