@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="gpt section: compile off only (as --quick does)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="seconds per section for extra repeats while a target is UNDECIDED (default 300; --quick: 0)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what the verdicts and extra repeats go by: wall time (default), or this process's CPU time,\n"
+                        "3-4x less spread from process to process on a machine loaded by other jobs (README)")
     p.add_argument("--quick", action="store_true", help="a smoke run: few steps, one repeat, small model only")
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--worker-loop", choices=tuple(LOOPS), help=argparse.SUPPRESS)
@@ -79,6 +83,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def cpu_model() -> str:
+    """The CPU's name from /proc/cpuinfo (Linux), else platform's guess: the README's tables name the machine."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.worker_loop:
@@ -96,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "threads": args.threads,
         "torch": torch.__version__, "python": platform.python_version(), "repeats": args.repeats,
         "quick": args.quick, "sections": args.sections, "models": [s.name for s in args.specs],
-        "loadavg_start": os.getloadavg(),
+        "loadavg_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu_model": cpu_model(),
     }}
     with tempfile.TemporaryDirectory(prefix="template-bench-") as tmp:
         ctx = Context(args, device, Path(tmp), results)
@@ -106,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["meta"]["loadavg_end"] = os.getloadavg()
     results["meta"]["worker_processes"] = harness.PROCESSES[0]
     results["meta"]["budget_s"] = args.budget_s
+    results["meta"]["clock"] = args.clock
     results["targets"] = targets(results)
     results["ratios"] = ratios(results)
     print_report(results)

@@ -29,15 +29,16 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
 
 def print_report(results: dict[str, Any]) -> None:
     meta = results["meta"]
-    print(f"\n== benchmark: {meta['device']} ({meta['cpu']}, {meta['cpu_count']} cores), torch {meta['torch']}, "
+    print(f"\n== benchmark, {meta['date']}: {meta['device']} ({meta['cpu_model']}, {meta['cpu_count']} cores), "
+          f"torch {meta['torch']}, "
           f"{meta['threads']} thread(s), at least {meta['repeats']} repeat(s) (up to {meta['budget_s']:g} s more per "
           f"section while undecided), {meta['worker_processes']} worker processes; load average "
           f"{meta['loadavg_start'][0]:.1f} at start, {meta['loadavg_end'][0]:.1f} at end")
     for name in ran(results):
         if fn := hook(name, "report"):
             fn(results)
-    print("\n-- targets (95% intervals; PASS: all of the interval meets the target, FAIL: none of it does, "
-          "UNDECIDED: it straddles the target, or too few repeats for an interval)")
+    print(f"\n-- targets, on {meta['clock']} time (95% intervals; PASS: all of the interval meets the target, "
+          "FAIL: none of it does, UNDECIDED: it straddles the target, or too few repeats for an interval)")
     for t in results["targets"]:
         n = f"n={t['samples']}" if t["samples"] is not None else "exact"
         print(f"{t['verdict']:9s}  {t['target']:48s} {t['value']:8.4f} {interval(t['ci']):>16s}  {n:6s} "

@@ -43,7 +43,7 @@ def run(ctx: Context) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {tuned: [], plain: []}
 
         def undecided(runs: dict[str, list[dict[str, Any]]] = runs, tuned: str = tuned, plain: str = plain) -> bool:
-            ci = ratio_ci([r["wall"] for r in runs[tuned]], [r["wall"] for r in runs[plain]])
+            ci = ratio_ci([r[args.clock] for r in runs[tuned]], [r[args.clock] for r in runs[plain]])
             return verdict(ci, ">=", 1.0) == UNDECIDED
 
         repeats = Repeats(args.repeats if args.quick else max(args.repeats, MIN_SAMPLES), args.budget_s)

@@ -40,9 +40,9 @@ def bound(loop: str, model: str) -> float:
     return BOUNDS[loop].get(model, max(BOUNDS[loop].values()))
 
 
-def undecided(runs: dict[str, list[dict[str, float]]], model: str) -> bool:
-    """Whether any of this model's targets is still UNDECIDED on the repeats so far."""
-    return any(verdict(ratio_ci([r["wall"] for r in runs["trainer"]], [r["wall"] for r in runs[loop]]), ">=",
+def undecided(runs: dict[str, list[dict[str, float]]], model: str, clock: str) -> bool:
+    """Whether any of this model's targets is still UNDECIDED on the repeats so far (on `clock`: wall or cpu)."""
+    return any(verdict(ratio_ci([r[clock] for r in runs["trainer"]], [r[clock] for r in runs[loop]]), ">=",
                        bound(loop, model)) == UNDECIDED for loop in BOUNDS if loop in runs)
 
 
@@ -69,7 +69,7 @@ def run(ctx: Context) -> dict[str, Any]:
         runs: dict[str, list[dict[str, float]]] = {loop: [] for loop in loops}
         same_params: list[bool] = []
         repeats = Repeats(args.repeats, args.budget_s)
-        while repeats.more(lambda: undecided(runs, spec.name)):  # noqa: B023  # called at once, on this spec's runs
+        while repeats.more(lambda: undecided(runs, spec.name, args.clock)):  # noqa: B023  # called at once, on this spec's runs
             r = repeats.count - 1
             order = loops[r % len(loops):] + loops[:r % len(loops)]
             digests = {}
@@ -117,13 +117,16 @@ def report(results: dict[str, Any]) -> None:
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     checks = []
+    cpu = results["meta"].get("clock") == "cpu"
     for name, model in results["throughput"]["models"].items():
         r, c = model["ratios"], model["cpu_ratios"]
         for loop in BOUNDS:
             key = f"trainer_vs_{loop}"
             if key in r:
-                checks.append(target(f"{name}: trainer / {loop} updates/s", r[key], ">=", bound(loop, name), c[key],
-                                     "per CPU-second", model["ratio_ci"][key], model["repeats"]))
+                wall = (r[key], c[key], "per CPU-second", model["ratio_ci"][key])
+                value, other, other_is, ci = (c[key], r[key], "wall", model["cpu_ratio_ci"][key]) if cpu else wall
+                checks.append(target(f"{name}: trainer / {loop} updates/s", value, ">=", bound(loop, name), other,
+                                     other_is, ci, model["repeats"]))
     return checks
 
 
