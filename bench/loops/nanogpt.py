@@ -1,8 +1,9 @@
 """A nanoGPT-style hand-written loop for the GPT: what "a raw PyTorch loop" means for a token model.
 
 `nanogpt_tuned` is the same after the trainer's malloc setting (as raw_tuned in bench/loops/raw.py): on
-CPU, glibc's default thresholds page-fault much of each update's activations in again (~3x the
-trainer's minor faults on this model), which the trainer avoids; it isolates the trainer's own overhead.
+CPU, glibc's default thresholds page-fault much of each update's activations in again (measured: ~2,000
+minor faults an update against ~20 with the setting, bench/sections/malloc.py), which the trainer
+avoids; it isolates the trainer's own overhead.
 """
 
 from __future__ import annotations
