@@ -151,6 +151,9 @@ def report(results: dict[str, Any]) -> None:
         print(f"{mode:8s} trainer's own rows: {logged.get('tokens_per_s', float('nan')):.0f} tokens/s"
               + (f", MFU {logged['mfu']:.1%}" if "mfu" in logged else "")
               + f"; nanoGPT loops end with the trainer's exact parameters: {m['same_params_as_trainer']}")
+        print(f"{mode:8s} on CPU time, trainer / " + ", / ".join(
+            f"{key.removeprefix('trainer_vs_')} {m['cpu_ratios'][key]:.3f}x {interval(m['cpu_ratio_ci'][key])}"
+            for key in m["cpu_ratios"]))
         k = m["keep_freed_memory"]
         print(f"{mode:8s} glibc setting on the nanoGPT loop, nanogpt_tuned / nanogpt: {k['ratio']:.3f}x "
               f"{interval(k['ci'])} wall, {k['cpu_ratio']:.3f}x {interval(k['cpu_ci'])} CPU; {m['repeats']} repeats")
