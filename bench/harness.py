@@ -46,6 +46,7 @@ from template.config import DEFAULT_CONFIG, Config, load_config
 WORKER_SCRIPT = ROOT / "scripts" / "benchmark.py"  # every worker process runs the benchmark's own command
 WINDOWS = 5  # measurement windows per timed run (StepClock.rates)
 PROCESSES = [0]  # worker processes (or launches) started by this run, for the report
+LOADS: list[float] = []  # the 1-minute load average as each worker started: how busy the machine was throughout
 
 
 class StepClock:
@@ -137,6 +138,7 @@ def child_env(threads: int, **extra: str) -> dict[str, str]:
 def run_worker_process(cmd: list[str], env: dict[str, str], result: Path) -> dict[str, Any]:
     """Run a worker command (this script in a worker mode, maybe under a launcher); return the JSON it wrote."""
     PROCESSES[0] += 1
+    LOADS.append(os.getloadavg()[0])
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")

@@ -33,7 +33,8 @@ def print_report(results: dict[str, Any]) -> None:
           f"torch {meta['torch']}, "
           f"{meta['threads']} thread(s), at least {meta['repeats']} repeat(s) (up to {meta['budget_s']:g} s more per "
           f"section while undecided), {meta['worker_processes']} worker processes; load average "
-          f"{meta['loadavg_start'][0]:.1f} at start, {meta['loadavg_end'][0]:.1f} at end")
+          f"{meta['loadavg_start'][0]:.1f} at start, {meta['loadavg_end'][0]:.1f} at end, "
+          "{min:.1f}-{max:.1f} (median {median:.1f}) as the workers started".format(**meta["loadavg_during"]))
     for name in ran(results):
         if fn := hook(name, "report"):
             fn(results)
