@@ -1,9 +1,10 @@
 """Confidence intervals for the benchmark's ratios, and PASS / FAIL / UNDECIDED verdicts against a target.
 
-On a shared machine one process runs at its own speed: fresh processes of the same loop differ by up to
-±25% in updates/s (allocation and address layout; CPU time tracks wall time). A ratio of one repeat is
-therefore one draw, and a median of a few draws cannot tell 0.9x from 1.1x. So every ratio comes with an
-interval, and a target is decided only when the interval is on one side of it.
+Each fresh process runs at its own speed: processes of the same loop spread by ~13% in updates/s on a
+quiet 2-core machine (coefficient of variation; CPU time tracks wall time; neither pinning to a core nor
+a fixed address layout reduces it) and by 40-50% while other jobs load it (README, Benchmark). A ratio of
+one repeat is therefore one draw, and a median of a few draws cannot tell 0.9x from 1.1x. So every ratio
+comes with an interval, and a target is decided only when the interval is on one side of it.
 
 The interval: a percentile bootstrap of the median of the per-repeat paired ratios (trainer's rate /
 reference's rate in the same repeat). Why paired ratios: the two runs of a pair ran back to back (A/B
