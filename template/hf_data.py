@@ -205,7 +205,7 @@ class ArrowPairs(Dataset):
 
     A list of indices is read as one batch (like a `TensorDataset`), which is how the trainer's loader reads
     it. Neither `datasets`' formatting nor an Arrow `take` serves that: the first costs more than a small
-    model's update, the second concatenates the table's chunks on every call (scripts/bench_data.py). The
+    model's update, the second concatenates the table's chunks on every call (bench/sections/data.py). The
     views are built lazily in each process, so DataLoader workers map the file themselves.
     """
 
@@ -345,7 +345,7 @@ def hf_dataset(seed: int, data_files: str | list[str] | None = None, path: str |
 class _Packed:
     """A transform whose output for a whole map call is one row: the samples of up to MAP_BATCH input rows,
     stacked. `datasets` then iterates (and keeps its state) per pack instead of per sample, where its per-sample
-    overhead would cost more than a small model's update (scripts/bench_data.py)."""
+    overhead would cost more than a small model's update (bench/sections/data.py)."""
 
     fn: Callable[[dict[str, list[Any]]], dict[str, Any]]
 

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
-"""The data section of scripts/benchmark.py: samples/s of each data source through the trainer's loader code.
+"""The data section: samples/s of each data source through the trainer's loader code.
 
-    python scripts/bench_data.py [--quick] [--batch 64] [--threads 1]
+    python scripts/benchmark.py --sections data      (or on its own: python -m bench.sections.data [--quick])
 
 The same rows (the default config's synthetic regression: 8 inputs, 1 target, float32) are read as
 - tensor     the in-memory TensorDataset the default config trains on,
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +25,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from bench.sections import Context
 from template.data import TrainData, synthetic_regression
 
 SEED = 0
@@ -114,6 +111,16 @@ def data_section(args: argparse.Namespace) -> dict[str, Any]:
     results["data_share_no_workers"] = {name: (1 / r[0]) / (1 / r[0] + 1 / model)
                                         for name, r in results["samples_per_s"].items()}
     return results
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """Needs the data extra (pip install -e ".[data]")."""
+    return data_section(ctx.args)
+
+
+def report(results: dict[str, Any]) -> None:
+    if "data" in results:
+        print_data_section(results["data"])
 
 
 def print_data_section(result: dict[str, Any]) -> None:
