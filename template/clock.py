@@ -56,8 +56,8 @@ class Clock:
         return self.step + max(0, math.ceil((total - self.samples) / self.batch))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "applied_samples": self.applied_samples, "reference_batch": self.reference,
-                "batch": self.batch}
+        return {"skipped": self.skipped, "samples": self.samples, "applied_samples": self.applied_samples,
+                "reference_batch": self.reference, "batch": self.batch}
 
 
 def make_clock(cfg: Config, resumed_state: dict[str, Any] | None, step: int) -> Clock:

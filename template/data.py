@@ -121,13 +121,13 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.world = world
         self.rank = rank
         self.seed = seed
-        self.start_update = start_update
         self.shuffle = shuffle
         self.updates_per_epoch = num_samples // global_batch
-        # (epoch, sample offset into its order): where a run with another global batch stopped
-        self.start_position = start_position or divmod(start_update, self.updates_per_epoch)
         if start_position is None:
-            self.start_position = (self.start_position[0], self.start_position[1] * global_batch)
+            epoch, update = divmod(start_update, self.updates_per_epoch)
+            start_position = (epoch, update * global_batch)
+        # (epoch, sample offset into its order): also where a run with another global batch stopped
+        self.start_position = start_position
 
     def position(self, updates: int) -> tuple[int, int]:
         """(epoch, sample offset) after `updates` updates from the start: what a checkpoint stores, so a run
@@ -145,7 +145,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
     def epoch_indices(self) -> Iterator[torch.Tensor]:
-        """For each epoch from `start_update` on, this rank's indices for the rest of it, in the order
+        """For each epoch from `start_position` on, this rank's indices for the rest of it, in the order
         they are consumed: every `per_rank` consecutive entries are one micro-batch."""
         epoch, offset = self.start_position
         while True:

@@ -94,14 +94,11 @@ class Run:
     stop: StopRequest = field(default_factory=StopRequest)
     start_step: int = 0
     last_step: int = 0
+    loss_feeds_schedule: bool = False  # a plateau strategy monitoring train/loss: read the loss every update
 
     @property
     def out(self) -> Path:
         return Path(self.cfg.output_dir)
-
-    @property
-    def loss_feeds_schedule(self) -> bool:
-        return self.schedule.needs_metric and self.schedule.monitor == "train/loss"
 
     def evaluate(self) -> float:
         return evaluate(self.accelerator, self.model, self.loss_fn, self.eval_loader, self.eval_steps)
@@ -158,7 +155,7 @@ class Run:
     def save_checkpoint(self, step: int) -> None:
         nonfinite.assert_finite(self.model)
         state = {"step": step, "schedule": self.schedule.state_dict(), "wandb_run_id": self.tracker.run_id,
-                 "skipped": self.clock.skipped, "hooks": self.hooks.state_dict(), **self.clock.state_dict(),
+                 "hooks": self.hooks.state_dict(), **self.clock.state_dict(),
                  **self.data.state_dict(step)}
         checkpoint.save_checkpoint(self.accelerator, self.out, step, state, self.cfg.train.keep_checkpoints)
 
@@ -214,4 +211,5 @@ def start_run(cfg: Config, accelerator: Accelerator, parts: Parts) -> Run:
                     desc="train", dynamic_ncols=True)
     throughput = Throughput(parts.model, parts.train_set, t.batch_size, world, t.peak_flops, device)
     return Run(cfg, accelerator, parts, model, optimizer, loss_fn, schedule, hooks, tracker, clock, data, update, ctx,
-               progress, throughput, eval_loader, eval_steps, start_step=start, last_step=last_step)
+               progress, throughput, eval_loader, eval_steps, start_step=start, last_step=last_step,
+               loss_feeds_schedule=schedule.needs_metric and schedule.monitor == "train/loss")
