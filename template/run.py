@@ -159,9 +159,21 @@ class Run:
                  **self.data.state_dict(step)}
         checkpoint.save_checkpoint(self.accelerator, self.out, step, state, self.cfg.train.keep_checkpoints)
 
-    def preempted(self, step: int) -> dict[str, Any]:
+    def close(self, failed: bool = False) -> None:
+        """Give back what the run holds: the progress bar, the signal handlers, metrics.jsonl and the W&B run
+        (marked failed after an error, as an uncaught error's exit would). Safe to call twice."""
         self.progress.close()
-        self.tracker.close()
+        self.stop.restore()
+        self.tracker.close(exit_code=1 if failed else 0)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=exc_type is not None)
+
+    def preempted(self, step: int) -> dict[str, Any]:
+        self.close()
         self.accelerator.print(f"stopped by signal {self.stop.signal or 'on another rank'} after update {step}; "
                                "checkpoint saved, rerun the same command to resume")
         return {"step": step, "preempted": True}
@@ -193,7 +205,6 @@ def start_run(cfg: Config, accelerator: Accelerator, parts: Parts) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_yaml(cfg))  # secrets redacted
     accelerator.wait_for_everyone()
-    tracker = Tracker(accelerator, cfg, run_id, start, draw_preview=lambda path: plot_lr_preview(cfg, path))
 
     world, rank, pin = accelerator.num_processes, accelerator.process_index, device.type == "cuda"
     data = TrainData(parts.train_set, t.batch_size, t.grad_accum_steps, world, rank, cfg.seed, start,
@@ -210,6 +221,7 @@ def start_run(cfg: Config, accelerator: Accelerator, parts: Parts) -> Run:
     progress = tqdm(total=last_step, initial=start, disable=not (accelerator.is_main_process and t.progress),
                     desc="train", dynamic_ncols=True)
     throughput = Throughput(parts.model, parts.train_set, t.batch_size, world, t.peak_flops, device)
+    tracker = Tracker(accelerator, cfg, run_id, start, draw_preview=lambda path: plot_lr_preview(cfg, path))
     return Run(cfg, accelerator, parts, model, optimizer, loss_fn, schedule, hooks, tracker, clock, data, update, ctx,
                progress, throughput, eval_loader, eval_steps, start_step=start, last_step=last_step,
                loss_feeds_schedule=schedule.needs_metric and schedule.monitor == "train/loss")

@@ -13,7 +13,7 @@ import fcntl
 import os
 import socket
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from template.config import ConfigError
 
@@ -69,3 +69,9 @@ class RunLock:
         fcntl.flock(self._file, fcntl.LOCK_UN)
         self._file.close()
         self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -210,15 +210,19 @@ class Tracker:
         if row:
             self.accelerator.log({"step": step, **row}, step=step)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
+        """Close metrics.jsonl and finish the W&B run (exit_code 1: shown as failed). Safe to call twice."""
         if self._file is not None:
             self._file.close()
             self._file = None
         if self._run is not None:
             # Not accelerator.end_training(): it also destroys the process group, on this rank only,
             # while the other ranks still have collectives to run.
-            for tracker in self.accelerator.trackers:
-                tracker.finish()
+            if exit_code:
+                self._run.finish(exit_code=exit_code)
+            else:
+                for tracker in self.accelerator.trackers:
+                    tracker.finish()
             self.accelerator.trackers.clear()
             self._run = None
 

@@ -33,7 +33,7 @@ from template.distributed import (
 )
 from template.hooks import HookContext, Hooks
 from template.parts import Parts, build_parts
-from template.run import start_run
+from template.run import Run, start_run
 from template.run_lock import RunLock
 from template.schedules import check_schedule
 from template.tracking import Tracker
@@ -106,17 +106,16 @@ def train(cfg: Config) -> dict[str, Any]:
     if accelerator.is_main_process:
         for note in parts.notes:
             print(f"warning: {note}", flush=True)
-    lock = lock_output_dir(accelerator, Path(cfg.output_dir))  # one live run per output_dir
-    try:
-        return run_training(cfg, accelerator, parts)
-    finally:
-        lock.release()
+    # One live run per output_dir; on every way out (errors too) the lock, signal handlers and files go back,
+    # so a process that calls train() again (a notebook, a sweep, the tests) starts clean.
+    with lock_output_dir(accelerator, Path(cfg.output_dir)), start_run(cfg, accelerator, parts) as run:
+        return run_training(run)
 
 
-def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[str, Any]:
+def run_training(run: Run) -> dict[str, Any]:
     """The tutorial's loop: per update forward, loss, backward and optimizer step, then the lr step; the side
     concerns are one named step each (template/run.py). Host reads only where a value is needed."""
-    run = start_run(cfg, accelerator, parts)
+    cfg, accelerator = run.cfg, run.accelerator
     t, world = cfg.train, accelerator.num_processes
     loss_value, stopped_early = float("nan"), None
     run.model.train()
@@ -154,7 +153,6 @@ def run_training(cfg: Config, accelerator: Accelerator, parts: Parts) -> dict[st
             accelerator.print(f"stopped early after update {step}: {stopped_early}")
             break
     run.progress.close()
-    run.stop.restore()
 
     extra: dict[str, Any] = {"first_update_s": round(run.window.first_update_s or 0.0, 3), "compiled": t.compile}
     if stopped_early:

@@ -1,19 +1,34 @@
-"""Shared helpers: run the real training script (1 process or a real 2-rank gloo launch) and read its files."""
+"""Shared helpers: run the real training script (1 process or a real 2-rank gloo launch) and read its files.
+
+A run that ends on its own and is read only through its files, exit status and output lines can run here,
+in the test's own process (`run_here`): the same script, the same arguments and environment, minus a fresh
+interpreter. That saves the ~3 s a new process spends importing torch, Accelerate and dynamo, which is
+most of what a small run costs. Runs that are killed, signalled, launched on several processes, log to
+W&B or test the process itself (its exit without a traceback, its imports) stay real subprocesses.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import socket
 import subprocess
 import sys
+import traceback
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "scripts" / "train.py"
+torch.set_num_threads(1)  # as the subprocesses' OMP_NUM_THREADS=1: in-process runs give the same bits
 
 
 def free_port() -> int:
@@ -52,6 +67,46 @@ def run_train(*args: str, launcher: str = "python", nproc: int = 1, check: bool 
     proc = subprocess.run(cmd, cwd=ROOT, env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@contextlib.contextmanager
+def _as_a_fresh_process(script: Path, args: list[str], env: dict[str, str]) -> Iterator[None]:
+    """argv, environment, cwd, sys.path and warning filters as `python script args` would have them, put back
+    afterwards (in-process runs share this interpreter with the other tests)."""
+    saved_env, saved_argv, saved_path = dict(os.environ), sys.argv, list(sys.path)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = [str(script), *args]
+    try:
+        with contextlib.chdir(ROOT), warnings.catch_warnings():
+            warnings.resetwarnings()  # a fresh interpreter shows each warning again
+            yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv, sys.path[:] = saved_argv, saved_path
+
+
+def run_here(*args: str, check: bool = True, env: dict[str, str] | None = None,
+             script: Path = TRAIN) -> subprocess.CompletedProcess[str]:
+    """`run_train(*args)` in this process: the script runs as `__main__`; SystemExit gives the exit status,
+    an uncaught exception status 1 with its traceback on stderr, as the interpreter would."""
+    environment = {**(env or clean_env()), "WANDB_MODE": "disabled"}  # W&B runs stay subprocesses: no service here
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    with _as_a_fresh_process(script, list(args), environment), contextlib.redirect_stdout(stdout), \
+            contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except Exception:  # reported as the interpreter would: traceback, status 1
+            traceback.print_exc()
+            code = 1
+    proc = subprocess.CompletedProcess([str(script), *args], code, stdout.getvalue(), stderr.getvalue())
+    if check and code != 0:
+        pytest.fail(f"{script.name} {' '.join(args)} exited {code} (in-process)\n--- stderr ---\n{proc.stderr[-6000:]}")
     return proc
 
 

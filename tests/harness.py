@@ -26,7 +26,7 @@ import pytest
 
 from template.checkpoint import checkpoint_root
 
-from conftest import ROOT, clean_env, launch_command, read_summary, train_rows
+from conftest import ROOT, clean_env, launch_command, read_summary, run_here, train_rows
 
 TESTS = Path(__file__).resolve().parent
 WALL_CLOCK_KEYS = frozenset({"samples_per_s", "tokens_per_s", "model_flops_per_s", "mfu"})
@@ -125,6 +125,14 @@ def train(args: Iterable[str], out: Path, nproc: int = 1, expect: int = 0, timeo
     assert rc == expect, (f"exit {rc}, expected {expect}\n--- stdout ---\n{stdout[-3000:]}"
                           f"\n--- stderr ---\n{stderr[-6000:]}")
     return stdout, stderr
+
+
+def train_here(args: Iterable[str], out: Path, expect: int = 0, **env: str) -> tuple[str, str]:
+    """`train` in this process (conftest.run_here), for runs that end on their own: no kill, no signal."""
+    proc = run_here(*args, f"output_dir={out}", check=False, env=plugin_env(**env))
+    assert proc.returncode == expect, (f"exit {proc.returncode}, expected {expect}\n--- stdout ---\n"
+                                       f"{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc.stdout, proc.stderr
 
 
 def last_logged_step(out: Path) -> int:

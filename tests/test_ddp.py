@@ -31,7 +31,7 @@ from template.distributed import (
     param_digest,
 )
 
-from conftest import ROOT, TRAIN, clean_env, free_port, read_summary, run_train, train_rows
+from conftest import ROOT, TRAIN, clean_env, free_port, read_summary, run_here, run_train, train_rows
 
 STEPS = 30  # three lr plateaus of the tutorial's schedule: 0.1, 0.05, 0.025
 STRATEGIES = ("builtin", "lambda", "subclass", "manual")
@@ -71,10 +71,14 @@ class Runs:
             out = self.root / f"run{len(self.done):02d}"
             probe_dir = out.with_name(out.name + "-probe")
             probe_dir.mkdir()
-            imports = ",".join(f"plugins.{name}" for name in ("lr_probe", *plugins))
-            run_train("--config", config, f"output_dir={out}", f"train.max_steps={STEPS}", "train.log_every=1",
-                      *FAST, "distributed.sync_check_every=1", "distributed.sync_check_action=error",
-                      f"imports=[{imports}]", *overrides, launcher=launcher, nproc=nproc, env=plugin_env(probe_dir))
+            probe = ("lr_probe",) if nproc > 1 else ()  # 1 process: its metrics rows are all the ranks there are
+            args = ("--config", config, f"output_dir={out}", f"train.max_steps={STEPS}", "train.log_every=1", *FAST,
+                    "distributed.sync_check_every=1", "distributed.sync_check_action=error",
+                    f"imports=[{','.join(f'plugins.{name}' for name in (*probe, *plugins))}]", *overrides)
+            if launcher == "python":  # a plain 1-process run: in this process (conftest.run_here)
+                run_here(*args, env=plugin_env())
+            else:
+                run_train(*args, launcher=launcher, nproc=nproc, env=plugin_env(probe_dir))
             self.done[key] = out
         return self.done[key]
 
@@ -271,8 +275,7 @@ def assert_launch_error(proc: subprocess.CompletedProcess[str], out: Path, needl
 @pytest.mark.e2e
 def test_stray_world_size_without_a_launcher_is_a_launch_error(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = run_train("--config", seed_config("manual"), f"output_dir={out}", check=False,
-                     env=clean_env(WORLD_SIZE="2"))
+    proc = run_here("--config", seed_config("manual"), f"output_dir={out}", check=False, env=clean_env(WORLD_SIZE="2"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line...
     assert_launch_error(proc, out, "WORLD_SIZE=2 is set but RANK and MASTER_ADDR are not")

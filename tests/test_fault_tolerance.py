@@ -30,7 +30,7 @@ from template.data import GlobalBatchSampler
 from template.run_lock import LOCK_FILE
 
 from conftest import read_metrics, read_summary, train_rows
-from harness import Launched, assert_same_training, last_logged_step, train, wait_for_step
+from harness import Launched, assert_same_training, last_logged_step, train, train_here, wait_for_step
 
 pytestmark = pytest.mark.e2e
 SEED = "configs/seed_builtin.yaml"  # the tutorial's linear model, StepLR(10, 0.5) from lr 0.1
@@ -109,7 +109,7 @@ def poisoned(samples: list[int]) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def ref_one(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref_one")
-    train(ONE, out)
+    train_here(ONE, out)
     return out
 
 
@@ -160,7 +160,7 @@ def test_kill_while_writing_a_checkpoint_leaves_only_an_ignored_tmp(ref_one, tmp
     assert steps_of(out) == [5, 10]
     # Even named explicitly, a temporary directory is not a checkpoint.
     before = snapshot(out)
-    _, stderr = train((*ONE, f"train.resume={tmp15}"), out, expect=2)
+    _, stderr = train_here((*ONE, f"train.resume={tmp15}"), out, expect=2)
     assert "is not a complete checkpoint" in one_error_line(stderr, "error: train.resume: ")
     assert snapshot(out) == before
 
@@ -171,7 +171,7 @@ def test_kill_while_writing_a_checkpoint_leaves_only_an_ignored_tmp(ref_one, tmp
     assert (tmp25 / TRAINER_STATE).is_file() and not tmp15.exists()  # the stale one was replaced on the way
     assert steps_of(out) == [15, 20]
 
-    stdout, _ = train(ONE, out)
+    stdout, _ = train_here(ONE, out)
     assert f"resumed from {ckpt(out, 20)} at update 20" in stdout  # not from the unrenamed .tmp-step_00000025
     assert steps_of(out) == [35, 40]
     assert_same_training(ref_one, out)
@@ -184,7 +184,7 @@ def test_disk_full_mid_checkpoint_stops_cleanly_and_a_rerun_resumes_exactly(ref_
     line = one_error_line(stderr, f"error: cannot write checkpoint {ckpt(out, 10).with_name('.tmp-step_00000010')}: ")
     assert "No space left on device" in line and f"{ckpt(out, 5)}, is intact" in line and "rerun" in line
     assert steps_of(out) == [5] and not list(checkpoint_root(out).glob(".tmp-*"))
-    stdout, _ = train(ONE, out)  # space freed: the same command
+    stdout, _ = train_here(ONE, out)  # space freed: the same command
     assert f"resumed from {ckpt(out, 5)}" in stdout
     assert_same_training(ref_one, out)
 
@@ -197,21 +197,21 @@ def test_disk_full_mid_checkpoint_stops_cleanly_and_a_rerun_resumes_exactly(ref_
 def test_corrupt_newest_checkpoints_are_reported_and_skipped(ref_one, tmp_path):
     out = tmp_path / "run"
     keep3 = (*ONE, "train.keep_checkpoints=3")
-    train((*keep3, "train.max_steps=30"), out)
+    train_here((*keep3, "train.max_steps=30"), out)
     assert steps_of(out) == [20, 25, 30]
     truncate(ckpt(out, 30) / "model.safetensors", 10)  # even its header is gone
     truncate(ckpt(out, 25) / "optimizer.bin")  # loads part-way: the model is read before the optimizer
 
     # Named explicitly, an unreadable checkpoint is an error; nothing in output_dir changes.
     before = snapshot(out)
-    _, stderr = train((*keep3, f"train.resume={ckpt(out, 25)}"), out, expect=2)
+    _, stderr = train_here((*keep3, f"train.resume={ckpt(out, 25)}"), out, expect=2)
     line = one_error_line(stderr, "error: train.resume: ")
     assert "no checkpoint could be loaded" in line and "step_00000025" in line
-    _, stderr = train((*keep3, f"train.resume={checkpoint_root(out)}"), out, expect=2)
+    _, stderr = train_here((*keep3, f"train.resume={checkpoint_root(out)}"), out, expect=2)
     assert "is not a complete checkpoint" in one_error_line(stderr, "error: train.resume: ")
     assert snapshot(out) == before
 
-    stdout, _ = train(keep3, out)
+    stdout, _ = train_here(keep3, out)
     warnings = [line for line in stdout.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2
     assert f"checkpoint {ckpt(out, 30)} is unreadable" in warnings[0]
@@ -223,14 +223,14 @@ def test_corrupt_newest_checkpoints_are_reported_and_skipped(ref_one, tmp_path):
 def test_keep_1_never_deletes_the_only_good_checkpoint_for_a_corrupt_newer_one(ref_one, tmp_path):
     out = tmp_path / "run"
     keep1 = (*ONE, "train.keep_checkpoints=1")
-    train((*keep1, "train.max_steps=20"), out)
+    train_here((*keep1, "train.max_steps=20"), out)
     assert steps_of(out) == [20]
     truncate(ckpt(out, 20) / TRAINER_STATE)
     # No readable checkpoint: starts over (the model was not touched), killed while writing update 15's.
     stdout, _ = train(keep1, out, expect=-signal.SIGKILL, FT_CRASH="save_state:15")
     assert "starting from scratch" in stdout
     assert steps_of(out) == [10, 20]  # the unreadable step_20 did not push out the good step_10
-    stdout, _ = train(keep1, out)
+    stdout, _ = train_here(keep1, out)
     assert f"checkpoint {ckpt(out, 20)} is unreadable" in stdout
     assert f"resumed from {ckpt(out, 10)} at update 10" in stdout
     assert steps_of(out) == [40]
@@ -260,7 +260,7 @@ def test_checkpoint_unreadable_on_one_rank_only_is_skipped_by_both(ref_two, tmp_
 def test_resume_with_a_different_model_width_is_one_error_line_and_touches_nothing(tmp_path):
     out = tmp_path / "run"
     mlp = ("model.name=mlp", "train.max_steps=5", "train.checkpoint_every=5")
-    train((*ONE, *mlp, "model.kwargs={in_features: 1, hidden: 8, depth: 2}"), out)
+    train_here((*ONE, *mlp, "model.kwargs={in_features: 1, hidden: 8, depth: 2}"), out)
     before = snapshot(out)
     _, stderr = train((*ONE, *mlp, "model.kwargs={in_features: 1, hidden: 16, depth: 2}", "tracking.wandb=true"),
                       out, expect=2)
@@ -291,7 +291,7 @@ def test_sigterm_and_sigusr1_stop_at_the_update_checkpoint_and_resume_bit_identi
         assert last_logged_step(out) == stopped and steps_of(out)[-1] == stopped
         assert torch.load(ckpt(out, stopped) / TRAINER_STATE, weights_only=True)["step"] == stopped
         assert not (out / "model.safetensors").exists()  # stopped, not finished
-    stdout, _ = train(ONE, out)
+    stdout, _ = train_here(ONE, out)
     assert f"resumed from {ckpt(out, stopped)}" in stdout
     assert_same_training(ref_one, out)
 
@@ -328,7 +328,7 @@ def test_sigterm_to_one_rank_stops_both_ranks_at_the_same_update(ref_two, tmp_pa
 def test_nonfinite_stop_exits_1_and_never_saves_nan(tmp_path, log_every, caught_by):
     """NaN at update 7: caught where the loss is read (every update logged), or else before the save at 10."""
     out = tmp_path / "run"
-    _, stderr = train((*ONE, *poisoned(poison([7], 40)), f"train.log_every={log_every}"), out, expect=1)
+    _, stderr = train_here((*ONE, *poisoned(poison([7], 40)), f"train.log_every={log_every}"), out, expect=1)
     line = one_error_line(stderr, "error: ")
     assert "non-finite" in line and caught_by in line
     assert steps_of(out) == [5]  # the last good state
@@ -361,8 +361,8 @@ def test_nonfinite_skip_skips_those_updates_and_holds_the_schedule(tmp_path, str
     args = ("--config", f"configs/seed_{strategy}.yaml", *ONE[2:], "train.nonfinite=skip",
             *poisoned(poison([3, 7], 40)))
     if strategy == "manual":
-        train((*args, "train.max_steps=10"), out)
-    train(args, out)
+        train_here((*args, "train.max_steps=10"), out)
+    train_here(args, out)
     columns = skip_columns(out)
     assert columns == expected_skip_columns(range(1, 41), {3, 7})
     assert [columns[s][0] for s in (1, 12, 13, 22, 23)] == [0.1, 0.1, 0.05, 0.05, 0.025]

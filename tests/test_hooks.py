@@ -4,9 +4,11 @@ a hook that raises, a bad hook config."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from accelerate import Accelerator
@@ -136,6 +138,18 @@ def test_a_hook_that_raises_is_one_line_naming_the_hook_and_the_event(tmp_path, 
     assert exit_info.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["error: hook 'test_boom' failed in after_update: KeyError: 'no such thing'"]
+
+
+def test_a_failed_run_gives_back_its_signal_handlers_lock_and_files(tmp_path):
+    """train() called again in the same process (a notebook, a sweep) must not find the last run's SIGTERM
+    handler, output_dir lock or metrics.jsonl still held because that run ended in an error."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    with pytest.raises(SystemExit):
+        run(lambda cfg, args: train(cfg), "t", ["--config", SEED, *QUIET, f"output_dir={tmp_path}",
+                                                "train.max_steps=10", "hooks=[{name: test_boom}]"])
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+    assert not [f.path for f in psutil.Process().open_files() if f.path.startswith(str(tmp_path))]
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2  # rows 1 and 2 were written (and flushed)
 
 
 @pytest.mark.parametrize(("hooks", "fragment"), [

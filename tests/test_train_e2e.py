@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from template.models import MLP, LinearModel
 
-from conftest import ROOT, TRAIN, clean_env, read_metrics, read_summary, run_train, train_rows
+from conftest import ROOT, TRAIN, clean_env, read_metrics, read_summary, run_here, run_train, train_rows
 
 pytestmark = pytest.mark.e2e
 SEED = "configs/seed_builtin.yaml"
@@ -64,21 +64,21 @@ def test_default_run_logs_eval_plots_config_and_wandb_offline(default_run):
 
 def test_logged_lr_is_the_lr_used_by_the_update(tmp_path):
     """lr of row s is what update s used: StepLR(10) gives 0.1 for 1..10, 0.05 for 11..20."""
-    run_train("--config", SEED, f"output_dir={tmp_path}", "train.max_steps=21")
+    run_here("--config", SEED, f"output_dir={tmp_path}", "train.max_steps=21")
     lrs = {s: r["lr"] for s, r in train_rows(tmp_path).items()}
     assert [lrs[s] for s in (1, 10, 11, 20, 21)] == [0.1, 0.1, 0.05, 0.05, 0.025]
 
 
 def test_linear_model_weights_keep_the_tutorial_names(tmp_path):
-    run_train("--config", SEED, f"output_dir={tmp_path}", "train.max_steps=5")
+    run_here("--config", SEED, f"output_dir={tmp_path}", "train.max_steps=5")
     assert set(load_file(tmp_path / "model.safetensors")) == set(LinearModel().state_dict()) == {"theta", "b"}
 
 
 def test_resume_after_a_clean_stop_is_bit_identical(tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
-    run_train("--config", SEED, f"output_dir={full}")
-    run_train("--config", SEED, f"output_dir={split}", "train.max_steps=25")
-    proc = run_train("--config", SEED, f"output_dir={split}")
+    run_here("--config", SEED, f"output_dir={full}")
+    run_here("--config", SEED, f"output_dir={split}", "train.max_steps=25")
+    proc = run_here("--config", SEED, f"output_dir={split}")
     assert "resumed from" in proc.stdout + proc.stderr
     assert (full / "model.safetensors").read_bytes() == (split / "model.safetensors").read_bytes()
     assert rows_without_timing(full) == rows_without_timing(split)
@@ -94,7 +94,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
             "data.kwargs.size=4096", "train.max_steps=400", "train.checkpoint_every=15", "train.log_every=1",
             "train.keep_checkpoints=2", "train.progress=false"]
     reference = tmp_path / "reference"
-    run_train(*args, f"output_dir={reference}")
+    run_here(*args, f"output_dir={reference}")
     killed = tmp_path / "killed"
     rng = random.Random(1234)
     kills = 0
@@ -109,7 +109,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait()
-    run_train(*args, f"output_dir={killed}")
+    run_here(*args, f"output_dir={killed}")
     assert kills >= 1
     assert (reference / "model.safetensors").read_bytes() == (killed / "model.safetensors").read_bytes()
     assert rows_without_timing(reference) == rows_without_timing(killed)
