@@ -16,7 +16,7 @@ from template.clock import Clock
 from template.config import ConfigError, load_config
 from template.data import GlobalBatchSampler
 
-from conftest import read_summary, run_train, train_rows
+from conftest import read_summary, run_here, train_rows
 
 
 def test_updates_clock_counts_applied_updates():
@@ -96,10 +96,10 @@ def batch_change(tmp_path_factory):
     root = tmp_path_factory.mktemp("clock")
     args = ("train.max_steps=40", "train.log_every=1", "train.eval_every=0", "train.progress=false",
             "train.plots=false", "tracking.wandb=false", "scheduler.clock=samples", "train.batch_size=64")
-    run_train(*args, "train.checkpoint_every=10", "train.keep_checkpoints=4", f"output_dir={root / 'b64'}")
+    run_here(*args, "train.checkpoint_every=10", "train.keep_checkpoints=4", f"output_dir={root / 'b64'}")
     resume = root / "b64" / "checkpoints" / "step_00000010"
-    run_train(*args, "train.batch_size=32", "train.checkpoint_every=0", f"train.resume={resume}",
-              "scheduler.reference_batch=64", f"output_dir={root / 'b32'}")
+    run_here(*args, "train.batch_size=32", "train.checkpoint_every=0", f"train.resume={resume}",
+             "scheduler.reference_batch=64", f"output_dir={root / 'b32'}")
     return train_rows(root / "b64"), train_rows(root / "b32"), read_summary(root / "b32")
 
 

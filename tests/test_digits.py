@@ -12,7 +12,7 @@ from template.config import ConfigError, load_config
 from template.data import DATASETS
 from template.models import MLP
 
-from conftest import ROOT, read_metrics, read_summary, run_train
+from conftest import ROOT, read_metrics, read_summary, run_here
 
 pytest.importorskip("sklearn")
 from template.datasets_sklearn import digits
@@ -70,8 +70,7 @@ def test_digits_config_loads_and_names_the_plugin():
 @pytest.mark.e2e
 def test_digits_config_trains_to_the_stated_held_out_accuracy(tmp_path):
     out = tmp_path / "digits"
-    run_train("--config", str(CONFIG), f"output_dir={out}", "tracking.wandb=false", "train.progress=false",
-              timeout=180)
+    run_here("--config", str(CONFIG), f"output_dir={out}", "tracking.wandb=false", "train.progress=false")
     cfg = load_config(out / "config.yaml")  # the resolved config the run saved
     assert read_summary(out)["step"] == cfg.train.max_steps
 

@@ -18,8 +18,8 @@ from template.cli import run
 from template.hooks import EMA, HOOKS, EarlyStopping, Hook, HookContext
 from template.trainer import train
 
-from conftest import ROOT, read_metrics, read_summary, run_train, train_rows
-from harness import Launched, assert_same_training, wait_for_step
+from conftest import ROOT, read_metrics, read_summary, run_here, run_train, train_rows
+from harness import Launched, assert_same_training, train_here, wait_for_step
 
 SEED = str(ROOT / "configs" / "seed_builtin.yaml")
 QUIET = ("train.progress=false", "train.plots=false", "tracking.wandb=false")
@@ -88,8 +88,10 @@ def test_early_stopping_ends_the_run_like_a_normal_one_on_every_rank(tmp_path, n
     """The loss falls, so in `max` mode it never improves after the first logged update (5): three more
     logged updates without improvement stop the run at update 20, on every rank."""
     out = tmp_path / "run"
-    run_train(*EARLY, f"output_dir={out}", *(("train.checkpoint_every=10",) if nproc == 1 else ()),
-              launcher="accelerate" if nproc == 2 else "python", nproc=nproc)
+    if nproc == 1:
+        run_here(*EARLY, f"output_dir={out}", "train.checkpoint_every=10")
+    else:
+        run_train(*EARLY, f"output_dir={out}", launcher="accelerate", nproc=2)
     summary = read_summary(out)
     assert summary["step"] == 20 and "stopped_early" in summary
     assert summary["early_stopping"] == {"monitor": "train/loss", "best": train_rows(out)[5]["loss"], "best_step": 5}
@@ -106,14 +108,14 @@ def test_resume_with_hooks_on_is_bit_identical_including_the_ema(tmp_path):
             "train.checkpoint_every=5", "train.eval_every=10",
             "hooks=[{name: ema, kwargs: {decay: 0.8, start: 3}}, {name: early_stopping, kwargs: {patience: 50}}]")
     reference, out = tmp_path / "reference", tmp_path / "killed"
-    run_train(*args, f"output_dir={reference}", env=__import__("harness").plugin_env())
+    train_here(args, reference)
     run = Launched(args, out, FT_PACE_S="0.05")
     wait_for_step(run, 12)
     time.sleep(0.02)
     run.kill_group()
     run.finish()
-    rc, stdout, stderr = Launched(args, out).finish()
-    assert rc == 0 and "resumed from" in stdout, stderr[-3000:]
+    stdout, _ = train_here(args, out)
+    assert "resumed from" in stdout
     assert_same_training(reference, out)
     assert (out / "model_ema.safetensors").read_bytes() == (reference / "model_ema.safetensors").read_bytes()
     assert read_summary(out)["ema_digest"] == read_summary(reference)["ema_digest"]

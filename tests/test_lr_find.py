@@ -30,7 +30,7 @@ from template.lr_find import (
 from template.parts import build_parts
 from template.update import UpdateStep
 
-from conftest import ROOT, run_train
+from conftest import ROOT, run_here, run_train
 
 FIND_LR = ROOT / "scripts" / "find_lr.py"
 
@@ -152,7 +152,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path, str]
     found = {}
     for nproc, launcher in ((1, "python"), (2, "accelerate")):
         out = tmp_path_factory.mktemp(f"lr_find_{nproc}")
-        proc = run_train(*RANGE_ARGS, f"output_dir={out}", launcher=launcher, nproc=nproc, script=FIND_LR)
+        args = (*RANGE_ARGS, f"output_dir={out}")
+        proc = run_here(*args, script=FIND_LR) if nproc == 1 else run_train(*args, launcher=launcher, nproc=nproc,
+                                                                               script=FIND_LR)
         found[nproc] = (out, proc.stdout)
     return found
 
@@ -190,7 +192,7 @@ def test_one_and_two_processes_give_the_same_curve(runs: dict[int, tuple[Path, s
 
 @pytest.mark.e2e
 def test_bad_flags_are_one_error_line_and_exit_2(tmp_path: Path) -> None:
-    proc = run_train("--max-lr", "1e-9", f"output_dir={tmp_path / 'out'}", script=FIND_LR, check=False)
+    proc = run_here("--max-lr", "1e-9", f"output_dir={tmp_path / 'out'}", script=FIND_LR, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: --max-lr: must be finite and above --min-lr (1e-06), got 1e-09"]
     assert not (tmp_path / "out").exists()

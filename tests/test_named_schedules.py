@@ -10,8 +10,6 @@ strategy. Where transformers is importable, one more test drives its real schedu
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -30,7 +28,7 @@ from template.schedules import (
     named_schedule,
 )
 
-from conftest import ROOT, clean_env
+from conftest import ROOT, run_here
 from schedule_curves import curve, make_optimizer, resumed_curve
 
 NAMES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -433,11 +431,9 @@ def test_the_shipped_config_is_hugging_faces_cosine():
 @pytest.mark.e2e
 def test_plot_schedule_draws_a_named_schedule_and_warns(tmp_path):
     out = tmp_path / "lr.png"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "plot_schedule.py"), "--config", "configs/default.yaml",
-         "scheduler.strategy=subclass", "scheduler.name=cosine", "train.max_steps=150",
-         "scheduler.kwargs={num_warmup_steps: 10, num_training_steps: 100}", "--out", str(out)],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
+    proc = run_here("--config", "configs/default.yaml", "scheduler.strategy=subclass", "scheduler.name=cosine",
+                    "train.max_steps=150", "scheduler.kwargs={num_warmup_steps: 10, num_training_steps: 100}",
+                    "--out", str(out), script=ROOT / "scripts" / "plot_schedule.py", check=False)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert proc.stderr.splitlines() == [

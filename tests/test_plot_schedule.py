@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from template.config import load_config
 from template.preview import preview_lr_curve
 
-from conftest import ROOT, clean_env
+from conftest import ROOT, run_here
 
 pytestmark = pytest.mark.e2e
 SCRIPT = ROOT / "scripts" / "plot_schedule.py"
 
 
 def plot(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, env=clean_env(),
-                          capture_output=True, text=True, timeout=120)
+    return run_here(*map(str, args), script=SCRIPT, check=False)
 
 
 def test_overlays_the_four_seed_strategies(tmp_path):
