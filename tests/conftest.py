@@ -31,6 +31,18 @@ TRAIN = ROOT / "scripts" / "train.py"
 torch.set_num_threads(1)  # as the subprocesses' OMP_NUM_THREADS=1: in-process runs give the same bits
 
 
+# The files with the longest runs, longest first. pytest-xdist (--dist loadfile) hands whole files to the
+# workers in collection order: started first, these run side by side and the many short files fill in
+# behind them, so both workers finish together instead of one waiting on a long file picked up last.
+LONGEST_FIRST = ("test_ddp.py", "test_fault_tolerance.py", "test_wandb_logging.py", "test_hf_data.py",
+                 "test_gpt.py", "test_benchmark.py", "test_robustness.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,7 +83,7 @@ def run_train(*args: str, launcher: str = "python", nproc: int = 1, check: bool 
 
 
 @contextlib.contextmanager
-def _as_a_fresh_process(script: Path, args: list[str], env: dict[str, str]) -> Iterator[None]:
+def _as_a_fresh_process(script: Path, args: list[str], env: dict[str, str], cwd: Path) -> Iterator[None]:
     """argv, environment, cwd, sys.path and warning filters as `python script args` would have them, put back
     afterwards (in-process runs share this interpreter with the other tests)."""
     saved_env, saved_argv, saved_path = dict(os.environ), sys.argv, list(sys.path)
@@ -79,7 +91,7 @@ def _as_a_fresh_process(script: Path, args: list[str], env: dict[str, str]) -> I
     os.environ.update(env)
     sys.argv = [str(script), *args]
     try:
-        with contextlib.chdir(ROOT), warnings.catch_warnings():
+        with contextlib.chdir(cwd), warnings.catch_warnings():
             warnings.resetwarnings()  # a fresh interpreter shows each warning again
             yield
     finally:
@@ -88,14 +100,14 @@ def _as_a_fresh_process(script: Path, args: list[str], env: dict[str, str]) -> I
         sys.argv, sys.path[:] = saved_argv, saved_path
 
 
-def run_here(*args: str, check: bool = True, env: dict[str, str] | None = None,
-             script: Path = TRAIN) -> subprocess.CompletedProcess[str]:
+def run_here(*args: str, check: bool = True, env: dict[str, str] | None = None, script: Path = TRAIN,
+             cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """`run_train(*args)` in this process: the script runs as `__main__`; SystemExit gives the exit status,
     an uncaught exception status 1 with its traceback on stderr, as the interpreter would."""
     environment = {**(env or clean_env()), "WANDB_MODE": "disabled"}  # W&B runs stay subprocesses: no service here
     stdout, stderr = io.StringIO(), io.StringIO()
     code = 0
-    with _as_a_fresh_process(script, list(args), environment), contextlib.redirect_stdout(stdout), \
+    with _as_a_fresh_process(script, list(args), environment, cwd), contextlib.redirect_stdout(stdout), \
             contextlib.redirect_stderr(stderr):
         try:
             runpy.run_path(str(script), run_name="__main__")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_train
+from conftest import ROOT, run_here, run_train
 
 pytestmark = pytest.mark.e2e
 SCRIPT = ROOT / "tests" / "plugins" / "host_reads.py"
@@ -44,7 +44,7 @@ def check(found: dict[int, set[str]]) -> None:
 @pytest.mark.parametrize("extra", [(), ("train.clip_grad_norm=0", "tracking.log_grad_norm=true")])
 def test_only_log_updates_read_values(tmp_path, extra):
     out = tmp_path / "reads.json"
-    run_train(str(out), f"output_dir={tmp_path / 'run'}", *RUN, *extra, script=SCRIPT)
+    run_here(str(out), f"output_dir={tmp_path / 'run'}", *RUN, *extra, script=SCRIPT)
     check(reads_by_update(out))
 
 
