@@ -14,11 +14,18 @@ from template.models import MLP
 
 from conftest import ROOT, read_metrics, read_summary, run_here
 
-pytest.importorskip("sklearn")
-from template.datasets_sklearn import digits
-
 CONFIG = ROOT / "configs" / "digits.yaml"
 MIN_ACCURACY = 0.95  # stated in configs/digits.yaml; seeds 0-9 reach 0.967-0.983 (seed 0: 0.975)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def digits():
+    """The dataset function, imported when these tests run rather than when pytest collects every file
+    (scikit-learn takes ~3 s to import, in each worker)."""
+    pytest.importorskip("sklearn")
+    from template.datasets_sklearn import digits
+
+    return digits
 
 
 def accuracy(model: torch.nn.Module, dataset) -> float:
@@ -28,7 +35,7 @@ def accuracy(model: torch.nn.Module, dataset) -> float:
         return (model(x).argmax(dim=1) == y).double().mean().item()
 
 
-def test_digits_is_registered_and_returns_float32_features_and_int64_labels():
+def test_digits_is_registered_and_returns_float32_features_and_int64_labels(digits):
     assert DATASETS.get("digits") is digits
     train, held_out = digits(seed=0)
     assert len(train) + len(held_out) == 1797 and len(held_out) == 360
@@ -38,7 +45,7 @@ def test_digits_is_registered_and_returns_float32_features_and_int64_labels():
         assert y.dtype == torch.int64 and set(y.tolist()) == set(range(10))
 
 
-def test_digits_split_is_stratified_seeded_and_scaled_on_the_train_part():
+def test_digits_split_is_stratified_seeded_and_scaled_on_the_train_part(digits):
     train, held_out = digits(seed=0)
     train_counts = torch.bincount(train.tensors[1], minlength=10).double()
     held_counts = torch.bincount(held_out.tensors[1], minlength=10).double()
