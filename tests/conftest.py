@@ -31,11 +31,13 @@ TRAIN = ROOT / "scripts" / "train.py"
 torch.set_num_threads(1)  # as the subprocesses' OMP_NUM_THREADS=1: in-process runs give the same bits
 
 
-# The files with the longest runs, longest first. pytest-xdist (--dist loadfile) hands whole files to the
-# workers in collection order: started first, these run side by side and the many short files fill in
-# behind them, so both workers finish together instead of one waiting on a long file picked up last.
+# The files with the longest runs, longest first (measured). pytest-xdist (--dist loadfile
+# --no-loadscope-reorder) hands whole files to the workers in collection order: started first, these run
+# side by side and the many short files fill in behind them, so both workers finish together instead of
+# one waiting on a long file picked up last.
 LONGEST_FIRST = ("test_ddp.py", "test_fault_tolerance.py", "test_wandb_logging.py", "test_hf_data.py",
-                 "test_gpt.py", "test_benchmark.py", "test_robustness.py")
+                 "test_benchmark.py", "test_gpt.py", "test_robustness.py", "test_host_memory.py",
+                 "test_train_e2e.py", "test_hooks.py", "test_lr_find.py", "test_tutorial_script.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
