@@ -218,10 +218,11 @@ def start_run(cfg: Config, accelerator: Accelerator, parts: Parts) -> Run:
                         skip_nonfinite=t.nonfinite == "skip")
     ctx = HookContext(accelerator, model, plain_model(accelerator, model), optimizer, out,
                       (lambda: evaluate(accelerator, model, loss_fn, eval_loader, eval_steps)) if eval_loader else None)
+    throughput = Throughput(parts.model, parts.train_set, t.batch_size, world, t.peak_flops, device)
+    # Last, what the run holds until Run.close(): metrics.jsonl and the W&B run, then the progress bar
+    tracker = Tracker(accelerator, cfg, run_id, start, draw_preview=lambda path: plot_lr_preview(cfg, path))
     progress = tqdm(total=last_step, initial=start, disable=not (accelerator.is_main_process and t.progress),
                     desc="train", dynamic_ncols=True)
-    throughput = Throughput(parts.model, parts.train_set, t.batch_size, world, t.peak_flops, device)
-    tracker = Tracker(accelerator, cfg, run_id, start, draw_preview=lambda path: plot_lr_preview(cfg, path))
     return Run(cfg, accelerator, parts, model, optimizer, loss_fn, schedule, hooks, tracker, clock, data, update, ctx,
                progress, throughput, eval_loader, eval_steps, start_step=start, last_step=last_step,
                loss_feeds_schedule=schedule.needs_metric and schedule.monitor == "train/loss")

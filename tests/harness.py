@@ -121,18 +121,20 @@ class Launched:
 def train(args: Iterable[str], out: Path, nproc: int = 1, expect: int = 0, timeout: float = 90,
           **env: str) -> tuple[str, str]:
     """Run to the end; fail unless the exit status is `expect`. Returns (stdout, stderr)."""
-    rc, stdout, stderr = Launched(args, out, nproc, **env).finish(timeout)
-    assert rc == expect, (f"exit {rc}, expected {expect}\n--- stdout ---\n{stdout[-3000:]}"
-                          f"\n--- stderr ---\n{stderr[-6000:]}")
-    return stdout, stderr
+    return expect_exit(expect, *Launched(args, out, nproc, **env).finish(timeout))
 
 
 def train_here(args: Iterable[str], out: Path, expect: int = 0, **env: str) -> tuple[str, str]:
     """`train` in this process (conftest.run_here), for runs that end on their own: no kill, no signal."""
     proc = run_here(*args, f"output_dir={out}", check=False, env=plugin_env(**env))
-    assert proc.returncode == expect, (f"exit {proc.returncode}, expected {expect}\n--- stdout ---\n"
-                                       f"{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
-    return proc.stdout, proc.stderr
+    return expect_exit(expect, proc.returncode, proc.stdout, proc.stderr)
+
+
+def expect_exit(expect: int, rc: int, stdout: str, stderr: str) -> tuple[str, str]:
+    """Fail, with the run's output, unless it exited `expect`; return (stdout, stderr)."""
+    assert rc == expect, (f"exit {rc}, expected {expect}\n--- stdout ---\n{stdout[-3000:]}"
+                          f"\n--- stderr ---\n{stderr[-6000:]}")
+    return stdout, stderr
 
 
 def last_logged_step(out: Path) -> int:

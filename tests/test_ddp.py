@@ -69,15 +69,15 @@ class Runs:
         key = (config, overrides, launcher, nproc, plugins)
         if key not in self.done:
             out = self.root / f"run{len(self.done):02d}"
-            probe_dir = out.with_name(out.name + "-probe")
-            probe_dir.mkdir()
             probe = ("lr_probe",) if nproc > 1 else ()  # 1 process: its metrics rows are all the ranks there are
             args = ("--config", config, f"output_dir={out}", f"train.max_steps={STEPS}", "train.log_every=1", *FAST,
                     "distributed.sync_check_every=1", "distributed.sync_check_action=error",
                     f"imports=[{','.join(f'plugins.{name}' for name in (*probe, *plugins))}]", *overrides)
             if launcher == "python":  # a plain 1-process run: in this process (conftest.run_here)
                 run_here(*args, env=plugin_env())
-            else:
+            else:  # every rank writes the lr it used into <out>-probe (probe_rows)
+                probe_dir = out.with_name(out.name + "-probe")
+                probe_dir.mkdir()
                 run_train(*args, launcher=launcher, nproc=nproc, env=plugin_env(probe_dir))
             self.done[key] = out
         return self.done[key]
