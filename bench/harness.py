@@ -2,7 +2,7 @@
 
 Every timed run is a fresh worker process (`scripts/benchmark.py --worker-loop ...` or `--worker-out ...`),
 so no loop inherits another's allocator settings (the trainer fixes glibc's malloc thresholds process-wide,
-template/host_memory.py), imports or caches. Inside it, torch's global optimizer step post-hook stamps
+template/runtime/host_memory.py), imports or caches. Inside it, torch's global optimizer step post-hook stamps
 the clocks after every update (StepClock); the rate excludes setup and warm-up.
 """
 
@@ -190,7 +190,7 @@ def loop_in_worker(args: argparse.Namespace, loop: str, spec: ModelSpec | GPTSpe
                    device: torch.device, extra: list[str] | None = None,
                    **env: str) -> tuple[dict[str, float], dict[str, Any]]:
     """One timed run of `loop` in a fresh interpreter (`--worker-loop`): the trainer sets process-wide malloc
-    thresholds (template/host_memory.py), and no loop should inherit another's allocator or import state."""
+    thresholds (template/runtime/host_memory.py), and no loop should inherit another's allocator or import state."""
     result = out_dir.with_suffix(".json")
     cmd = [sys.executable, str(WORKER_SCRIPT), "--worker-loop", loop, "--worker-model", spec.name,
            "--worker-out", str(result), "--threads", str(args.threads), "--device", device.type,

@@ -3,7 +3,7 @@
 --beta 0.98 --diverge 4] [key=value ...]`, also under accelerate launch / torchrun.
 
 Prints `suggested lr: <value>` (steepest descent of the smoothed loss) and the minimum / 10, and writes
-lr_find.png and lr_find.json into output_dir. See template/lr_find.py.
+lr_find.png and lr_find.json into output_dir. See template/tools/lr_find.py.
 """
 
 import argparse
@@ -16,8 +16,8 @@ from accelerate import PartialState
 
 from template.cli import run
 from template.config import Config
-from template.lr_find import COMPLETED, LRFindSettings, find_lr
-from template.nonfinite import NonFiniteError
+from template.errors import NonFiniteError
+from template.tools.lr_find import COMPLETED, LRFindSettings, find_lr
 
 
 def flags(p: argparse.ArgumentParser) -> None:

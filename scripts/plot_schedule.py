@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from template.cli import fail, parser
-from template.config import ConfigError, load_config
+from template.config import load_config
+from template.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,9 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     if not out.parent.is_dir():
         fail(f"--out: directory {out.parent} does not exist")
 
-    from template.plotting import plot_lr_curves
-    from template.preview import preview_lr_curves
+    from template.reporting.plotting import plot_lr_curves
     from template.schedules import check_schedule
+    from template.schedules.preview import preview_lr_curves
 
     curves = {}
     try:

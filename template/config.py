@@ -8,7 +8,8 @@ the scripts turn into `error: <key>: <problem>` and exit status 2.
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,24 +20,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from template.errors import ConfigError, describe, suggest
+
+PACKAGE = __name__.split(".")[0]  # this package's name, whatever a fork renamed it to (the W&B project default)
+# The default config: the source checkout's (beside the package) first, else configs/ in the working directory
+# (an installed package run from a checkout or a copy of its configs/): see `default_config`.
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A bad configuration or argument: `key` is the dotted key at fault ('' for the command line)."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}" if key else problem)
-        self.key = key
-        self.problem = problem
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as one line: torch's own errors span several lines and name no type."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if not isinstance(exc, ValueError):  # a ValueError's message speaks for itself; others say what they are
-        text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 @dataclass
@@ -86,14 +75,14 @@ class SchedulerConfig:
     constants: dict[str, float] = field(default_factory=dict)
     interval: str = "step"
     monitor: str = "train/loss"
-    clock: str = "updates"  # what a strategy's step counts: applied updates, or samples (template/clock.py)
+    clock: str = "updates"  # what a strategy's step counts: applied updates, or samples (template/runtime/clock.py)
     reference_batch: int | None = None  # samples per step with clock=samples; None: train.batch_size
 
 
 @dataclass
 class TrainConfig:
     max_steps: int = 200
-    max_samples: int | None = None  # instead of max_steps: the run's length in samples (template/clock.py)
+    max_samples: int | None = None  # instead of max_steps: the run's length in samples (template/runtime/clock.py)
     batch_size: int = 64
     grad_accum_steps: int = 1
     log_every: int = 10
@@ -107,8 +96,8 @@ class TrainConfig:
     nonfinite: str = "stop"
     progress: bool = True
     plots: bool = True
-    keep_freed_memory: bool = True  # glibc keeps freed host memory for the next update (template/host_memory.py)
-    compile: bool = False  # torch.compile the model (template/compile.py)
+    keep_freed_memory: bool = True  # glibc keeps freed host memory for the next update (runtime/host_memory.py)
+    compile: bool = False  # torch.compile the model (template/runtime/compile.py)
     deterministic: bool = False  # deterministic kernels only: a GPU resume is then bit-identical (slower)
     peak_flops: float = 0.0  # one device's peak FLOP/s for MFU; 0: known GPUs' bf16 peak, none on CPU
 
@@ -123,7 +112,7 @@ class DistributedConfig:
 @dataclass
 class TrackingConfig:
     wandb: bool = False
-    project: str = "template"
+    project: str = PACKAGE
     entity: str | None = None
     name: str | None = None
     group: str | None = None
@@ -164,11 +153,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _suggest(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _schema_keys(node: Any, prefix: str = "") -> list[str]:
     keys: list[str] = []
     if isinstance(node, DictConfig):
@@ -187,9 +171,9 @@ def _as_config_error(exc: OmegaConfBaseException, schema: DictConfig) -> ConfigE
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         siblings = [k.rsplit(".", 1)[-1] for k in _schema_keys(schema) if k.rsplit(".", 1)[0] == parent] if parent \
             else [k for k in _schema_keys(schema) if "." not in k]
-        hint = _suggest(leaf, siblings)
+        hint = suggest(leaf, siblings)
         if not hint:  # right name, wrong section? (`checkpoint_every` for `train.checkpoint_every`)
-            hint = _suggest(leaf, [k for k in _schema_keys(schema) if k.rsplit(".", 1)[-1] == leaf])
+            hint = suggest(leaf, [k for k in _schema_keys(schema) if k.rsplit(".", 1)[-1] == leaf])
         return ConfigError(key, f"unknown key{hint}")
     return ConfigError(key, message)
 
@@ -204,10 +188,19 @@ def _parse_value(key: str, value: str) -> Any:
         raise ConfigError(key, f"cannot parse the value {shown!r} as YAML ({detail[:200]})") from None
 
 
+def default_config() -> Path:
+    """configs/default.yaml of the source checkout, else of the working directory; a ConfigError if neither."""
+    for candidate in (DEFAULT_CONFIG, Path.cwd() / "configs" / "default.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError("--config", f"no default config: neither {DEFAULT_CONFIG} nor configs/default.yaml in the "
+                      f"working directory ({Path.cwd()}) exists; pass --config PATH")
+
+
 def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> Config:
     """Merge schema <- YAML file <- `key=value` overrides, then validate; raises ConfigError."""
     schema = OmegaConf.structured(Config)
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = Path(path) if path is not None else default_config()
     if not path.is_file():
         raise ConfigError("--config", f"no such config file: {path}")
     try:
@@ -258,8 +251,31 @@ def _check(condition: bool, key: str, problem: str) -> None:
         raise ConfigError(key, problem)
 
 
+def _non_finite(value: Any, key: str) -> str | None:
+    """The dotted key of the first NaN or infinity in `value` (a dataclass, mapping, list or number), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else key
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items: Any = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for name, item in items:
+        found = _non_finite(item, f"{key}.{name}" if key else str(name))
+        if found:
+            return found
+    return None
+
+
 def validate(cfg: Config) -> None:
     """Range and choice checks that the schema's types cannot express."""
+    bad = _non_finite(cfg, "")  # an lr, a decay, a clip norm, a component's argument: nothing trains on NaN or inf
+    if bad:
+        value = OmegaConf.select(OmegaConf.structured(cfg), bad)
+        raise ConfigError(bad, f"must be a finite number, got {value}")
     t = cfg.train
     if t.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false
         t.mixed_precision = "no"
@@ -277,10 +293,12 @@ def validate(cfg: Config) -> None:
     _check(t.peak_flops >= 0, "train.peak_flops", f"must be >= 0 (0: look the device up), got {t.peak_flops}")
     _check(t.clip_grad_norm >= 0, "train.clip_grad_norm", f"must be >= 0 (0 disables), got {t.clip_grad_norm}")
     _check(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
-    _check(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+    _check(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {cfg.optimizer.weight_decay}")
     for i, group in enumerate(cfg.optimizer.groups):
         _check(bool(group.params), f"optimizer.groups.{i}.params", "must list at least one name pattern")
         _check(group.lr is None or group.lr > 0, f"optimizer.groups.{i}.lr", f"must be > 0, got {group.lr}")
+        _check(group.weight_decay is None or group.weight_decay >= 0, f"optimizer.groups.{i}.weight_decay",
+               f"must be >= 0, got {group.weight_decay}")
     sc = cfg.scheduler
     _check(sc.reference_batch is None or sc.reference_batch >= 1, "scheduler.reference_batch",
            f"must be >= 1 (or null: train.batch_size), got {sc.reference_batch}")
@@ -297,7 +315,7 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), leaf)
         if value is None and key == "train.mixed_precision":
             continue
-        hint = _suggest(str(value), options)
+        hint = suggest(str(value), options)
         _check(value in options, key, f"must be one of {', '.join(options)}, got '{value}'{hint}")
     if t.resume not in ("auto", "none"):
         _check(Path(t.resume).exists(), "train.resume", f"checkpoint path does not exist: {t.resume}")

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from template.config import ConfigError, OptimizerConfig
+from template.config import OptimizerConfig
+from template.errors import ConfigError
 from template.registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer", "optimizer.name")
@@ -74,8 +75,6 @@ class RandomScaledSGD(torch.optim.Optimizer):
         return int(self._link()["step"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        state_dict.pop("generator", None)  # checkpoints from before the counter kept a generator state here
         super().load_state_dict(state_dict)  # one copy per parameter: link them into one again
         self._link()
 

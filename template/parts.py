@@ -12,8 +12,9 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import Dataset
 
-from template.config import Config, ConfigError
+from template.config import Config
 from template.data import DATASETS, StreamingData
+from template.errors import ConfigError
 from template.hooks import Hooks
 from template.losses import LOSSES
 from template.models import MODELS
@@ -32,6 +33,7 @@ class Parts:
     updates_per_epoch: int
     hooks: Hooks
     notes: list[str] = field(default_factory=list)  # warnings about the config, printed once before training
+    resume_changes: list[str] = field(default_factory=list)  # allowed changes since the checkpoint
 
 
 def import_plugins(cfg: Config) -> None:

@@ -1,7 +1,7 @@
 """Name -> factory registries: how a config selects a model, dataset, loss, optimizer or lr strategy.
 
 A forker adds a component by decorating it with `@MODELS.register("name")` (or any other registry)
-in a module that `template.components` imports; the trainer never changes.
+in a module listed under `imports:` in the config (or imported by the package); the trainer never changes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from template.config import ConfigError, _suggest, describe
+from template.errors import ConfigError, describe, suggest
 
 T = TypeVar("T")
 
@@ -39,8 +39,9 @@ class Registry(Generic[T]):
         if name not in self._items:
             raise ConfigError(
                 self.config_key,
-                f"unknown {self.kind} '{name}'{_suggest(name, list(self._items))}; "
-                f"registered: {', '.join(sorted(self._items))}",
+                f"unknown {self.kind} '{name}'{suggest(name, list(self._items))}; "
+                f"registered: {', '.join(sorted(self._items))} (a {self.kind} of your own registers when its module "
+                "is imported: list the module under `imports:` in the config)",
             )
         return self._items[name]
 

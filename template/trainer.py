@@ -1,14 +1,20 @@
-"""The training loop: the tutorial's forward, loss, backward, optimizer step, lr step, at any scale.
+"""The training loop: the tutorial's forward, loss, backward, optimizer step and lr step, at any scale.
 
-Everything the loop needs is built by `build_parts` from the config through the registries; side
-concerns (checkpoints, tracking, cross-rank checks, plots) are one call each into their own module.
+Read `train` top to bottom: setup (config checks, processes, parts, checkpoint, tracker), the updates, then
+teardown (replica check, weights, summary). What an update does is `UpdateStep`, just above it. Side concerns
+are one call each into a module named for them: `runtime/` (processes, checkpoints, signals, memory),
+`reporting/` (metrics rows, W&B, plots, throughput), `data/` (the global batch sampler), `schedules/` (lr).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +23,21 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 from torch import nn
+from tqdm.auto import tqdm
 
-from template import checkpoint, host_memory, nonfinite
-from template.compile import check_compile
-from template.config import Config, ConfigError
-from template.distributed import (
+from template.config import Config
+from template.data import TrainData, make_eval_loader
+from template.errors import ConfigError, DriftError, NonFiniteError
+from template.hooks import HookContext, Hooks
+from template.parts import Parts, build_parts
+from template.reporting.redaction import config_yaml, safe_config
+from template.reporting.throughput import Throughput, Window
+from template.reporting.tracking import Tracker, training_row
+from template.runtime import checkpoint, host_memory, nonfinite
+from template.runtime.checkpoint import Checkpointer
+from template.runtime.clock import Clock
+from template.runtime.compile import check_compile, compile_model
+from template.runtime.distributed import (
     any_rank,
     check_launch_env,
     check_lr_sync,
@@ -31,23 +47,98 @@ from template.distributed import (
     plain_model,
     replica_digests,
 )
-from template.hooks import HookContext, Hooks
-from template.parts import Parts, build_parts
-from template.run import Run, start_run
-from template.run_lock import RunLock
+from template.runtime.preemption import StopRequest
+from template.runtime.rng import RNGState
+from template.runtime.run_lock import RunLock
 from template.schedules import check_schedule
-from template.tracking import Tracker
+from template.schedules.checks import trial_steps
+
+# ------------------------------------------------------------------------------------------------
+# One optimizer update
+# ------------------------------------------------------------------------------------------------
+
+# Accelerate's wrappers add host time to every update (`AcceleratedOptimizer.step` looks up an optional
+# package twice, `zero_grad` inspects a signature, `backward` divides by 1; docs/benchmark.md). Where they forward
+# only (no GradScaler; single-process, DDP or multi-CPU runs), UpdateStep calls what they would call: the
+# same ops, the same results. fp16, FSDP, DeepSpeed and XLA keep the wrappers.
+PASS_THROUGH = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+NO_CONTEXT = nullcontext()  # reusable, so no-op contexts cost no object per micro-batch
 
 
-class DriftError(RuntimeError):
-    """Replicas that should be bit-identical are not."""
+class UpdateStep:
+    """Forward, loss and backward over the accumulation micro-batches, clip, optimizer step."""
+
+    def __init__(self, accelerator: Accelerator, model: nn.Module, optimizer: Any, loss_fn: nn.Module,
+                 accum: int, clip: float, skip_nonfinite: bool) -> None:
+        self.accelerator, self.model, self.optimizer, self.loss_fn = accelerator, model, optimizer, loss_fn
+        self.accum, self.clip, self.skip_nonfinite = accum, clip, skip_nonfinite
+        self.device = accelerator.device
+        self.non_blocking = self.device.type == "cuda"
+        self._move = self.device.type != "cpu"  # batches are built on the CPU: nothing to move there
+        self._direct = accelerator.scaler is None and accelerator.distributed_type in PASS_THROUGH
+        self._step_optimizer = optimizer.optimizer if self._direct else optimizer
+        self._backward = torch.Tensor.backward if self._direct else accelerator.backward
+        self._autocast = accelerator.autocast if accelerator.native_amp else lambda: NO_CONTEXT
+        self._params = list(model.parameters())
+        self._scaled = accelerator.scaler is not None
+
+    def grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Clip to `max_norm` and return the total norm (max_norm=inf: the norm only, grads x 1.0)."""
+        if self._direct:
+            return torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        return self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+
+    def __call__(self, batches: Iterator[Any], want_norm: bool) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """Run one update; return (this rank's loss as a device tensor, grad norm or None, applied?)."""
+        total: torch.Tensor | None = None
+        for micro in range(self.accum):
+            x, y = next(batches)
+            if self._move:
+                x, y = (t.to(self.device, non_blocking=self.non_blocking) for t in (x, y))
+            # gradients are all-reduced once per update, on the last micro-batch
+            sync = NO_CONTEXT if micro == self.accum - 1 else self.accelerator.no_sync(self.model)
+            with sync, self._autocast():
+                loss = self.loss_fn(self.model(x), y)
+                if self.accum > 1:
+                    loss = loss / self.accum
+            self._backward(loss)
+            total = loss.detach() if total is None else total + loss.detach()
+        assert total is not None
+        norm = self.grad_norm(self.clip or math.inf) if self.clip or want_norm else None
+        # fp16's GradScaler already skips a non-finite update, and must be the one to (its scale has to update)
+        applied = self._scaled or not self.skip_nonfinite or nonfinite.gradients_finite(self.model, norm)
+        if applied:
+            self._step_optimizer.step()
+        self._step_optimizer.zero_grad(set_to_none=True)
+        return total, norm, applied and not self.optimizer.step_was_skipped
 
 
-def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = None) -> Parts:
-    """Everything that can reject a config, before a write or a collective: the parts, the output_dir, the
-    resume path, and what the device cannot do. Any bad input ends here as one ConfigError."""
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: nn.Module, loss_fn: nn.Module, loader: Any, batches: int) -> float:
+    """Mean loss over the eval split, weighted by samples and reduced over ranks (same value everywhere)."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for x, y in itertools.islice(loader, batches or None):
+        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        with accelerator.autocast():
+            totals[0] += loss_fn(model(x), y).double() * len(x)
+        totals[1] += len(x)
+    model.train()
+    totals = accelerator.reduce(totals, "sum")
+    return (totals[0] / totals[1]).item()
+
+
+# ------------------------------------------------------------------------------------------------
+# Setup helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = None) -> tuple[Parts, list[Path]]:
+    """Everything that can reject a config, before a write or a collective: the parts, the output_dir, what
+    the device cannot do, and where to resume from (decided here, once). Any bad input is one ConfigError."""
     parts = build_parts(cfg, world_size)
     parts.notes = check_schedule(cfg.scheduler, cfg.train.max_steps, parts.schedule.lrs(), parts.updates_per_epoch)
+    trial_steps(parts.schedule, min(cfg.train.max_steps, 3))
     s, t = cfg.scheduler, cfg.train
     if s.interval == "epoch" and t.max_steps < parts.updates_per_epoch:
         raise ConfigError("scheduler.interval", f"'epoch' steps the lr once per epoch ({parts.updates_per_epoch} "
@@ -58,15 +149,17 @@ def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = No
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir", f"{out} exists and is not a directory")
-    checkpoint.resume_candidates(out, cfg.train.resume)  # a path that is no complete checkpoint
+    resume_from = checkpoint.resume_candidates(out, t.resume)  # a path that is no complete checkpoint: error
+    # a refused change: error, nothing loaded; an allowed one: said in one line at resume
+    parts.resume_changes = checkpoint.resume_changes(safe_config(cfg), resume_from)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.train.mixed_precision == "fp16" and device.type != "cuda":
+    if t.mixed_precision == "fp16" and device.type != "cuda":
         # Accelerate would accept it and silently train in fp32: no GradScaler, no fp16 autocast off CUDA
         raise ConfigError("train.mixed_precision", f"fp16 needs a CUDA device (this run is on {device.type}); "
                                                    "use bf16, or no")
-    if cfg.train.compile:
+    if t.compile:
         check_compile(device)
-    return parts
+    return parts, resume_from
 
 
 def use_deterministic_kernels() -> None:
@@ -93,86 +186,169 @@ def lock_output_dir(accelerator: Accelerator, out: Path) -> RunLock:
     return lock
 
 
+def draw_lr_preview(cfg: Config, out: Path) -> dict[str, Path]:
+    """The lr curve this config will produce, drawn once before training for the W&B run (rank 0)."""
+    from template.schedules.preview import plot_lr_preview  # matplotlib: only when W&B shows it
+
+    return {"lr_preview": plot_lr_preview(cfg, out / "lr_preview.png")}
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) the training described by `cfg` on however many processes were launched."""
-    if cfg.train.keep_freed_memory:
+    t = cfg.train
+    if t.keep_freed_memory:
         host_memory.keep_freed_memory()  # before the first tensors: no page faults on every update's activations
-    if cfg.train.deterministic:
+    if t.deterministic:
         use_deterministic_kernels()
     check_launch_env()
-    parts = preflight(cfg, launcher_world_size())  # every check of the config before a process group exists
-    accelerator = make_accelerator(cfg.train.mixed_precision, log_with="wandb" if cfg.tracking.wandb else None,
+    parts, resume_from = preflight(cfg, launcher_world_size())  # every config check before a process group
+    accelerator = make_accelerator(t.mixed_precision, log_with="wandb" if cfg.tracking.wandb else None,
                                    timeout_s=cfg.distributed.timeout_s)
-    if accelerator.is_main_process:
-        for note in parts.notes:
-            print(f"warning: {note}", flush=True)
-    # One live run per output_dir; on every way out (errors too) the lock, signal handlers and files go back,
-    # so a process that calls train() again (a notebook, a sweep, the tests) starts clean.
-    with lock_output_dir(accelerator, Path(cfg.output_dir)), start_run(cfg, accelerator, parts) as run:
-        return run_training(run)
+    world, out = accelerator.num_processes, Path(cfg.output_dir)
+    for note in parts.notes:
+        accelerator.print(f"warning: {note}")
+    if parts.resume_changes:
+        accelerator.print(f"note: resuming with changed settings: {', '.join(parts.resume_changes)}")
 
+    # One live run per output_dir; on every way out (errors too) the lock, the signal handlers, the progress
+    # bar and the tracker are given back, so a process that calls train() again starts clean.
+    with lock_output_dir(accelerator, out), contextlib.ExitStack() as held:
+        # ---- setup: the parts on their devices, then the checkpoint's state over them ----
+        model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
+        if t.compile:
+            compile_model(model)  # in place: names stay plain for checkpoints and digests
+        loss_fn, schedule, hooks = parts.loss_fn.to(accelerator.device), parts.schedule, parts.hooks
+        clock = Clock.from_config(cfg)
+        data = TrainData(parts.train_set, t.batch_size, t.grad_accum_steps, world, accelerator.process_index,
+                         cfg.seed, cfg.data.num_workers, accelerator.device.type == "cuda")
+        tracker = Tracker(accelerator, cfg)
+        # Everything a checkpoint carries, by name: adding state to a run is adding an entry here.
+        checkpointer = Checkpointer(accelerator, out, t.keep_checkpoints, model, safe_config(cfg),
+                                    shared={"schedule": schedule, "clock": clock, "data": data, "hooks": hooks,
+                                            "tracker": tracker},
+                                    per_rank={"rng": RNGState()})
+        start = checkpointer.load(resume_from)
+        if accelerator.is_main_process:  # each resume's config apart: config.yaml describes the first process
+            out.mkdir(parents=True, exist_ok=True)
+            (out / ("config.yaml" if start == 0 else f"config.resumed-{start:08d}.yaml")).write_text(config_yaml(cfg))
+        accelerator.wait_for_everyone()
+        preview = draw_lr_preview(cfg, out) if tracker.wandb and t.plots and accelerator.is_main_process else {}
+        tracker.start(start, preview)
+        held.push(lambda failed, *_: tracker.close(exit_code=1 if failed else 0))
+        stop = StopRequest()  # SIGTERM / SIGUSR1: finish the update, checkpoint, exit
+        held.callback(stop.restore)
 
-def run_training(run: Run) -> dict[str, Any]:
-    """The tutorial's loop: per update forward, loss, backward and optimizer step, then the lr step; the side
-    concerns are one named step each (template/run.py). Host reads only where a value is needed."""
-    cfg, accelerator = run.cfg, run.accelerator
-    t, world = cfg.train, accelerator.num_processes
-    loss_value, stopped_early = float("nan"), None
-    run.model.train()
-    if cfg.distributed.sync_check_every:  # the first update's lr too (a strategy set up rank-dependently)
-        check_lr_sync(accelerator, run.schedule, cfg.distributed.sync_check_action == "resync")
-    for step in range(run.start_step + 1, run.last_step + 1):
-        logging = step % t.log_every == 0 or step == run.last_step
-        lrs = run.schedule.lrs() if logging else {}  # the lr this update uses: what gets logged for it
-        loss, grad_norm, applied = run.update(run.data.batches, want_norm=logging and cfg.tracking.log_grad_norm)
-        lr_steps = run.clock.advance(applied)  # none if the update was skipped (non-finite, fp16 overflow)
-        run.window.count(restart_after_first=t.compile and not logging)
+        eval_loader, eval_batches = None, 0
+        if parts.eval_set is not None and t.eval_every:
+            eval_loader, eval_batches = make_eval_loader(parts.eval_set, t.batch_size, t.eval_batches, world,
+                                                         accelerator.process_index, accelerator.device.type == "cuda")
+        update = UpdateStep(accelerator, model, optimizer, loss_fn, t.grad_accum_steps, t.clip_grad_norm,
+                            skip_nonfinite=t.nonfinite == "skip")
+        ctx = HookContext(accelerator, model, plain_model(accelerator, model), optimizer, out,
+                          (lambda: evaluate(accelerator, model, loss_fn, eval_loader, eval_batches))
+                          if eval_loader is not None else None)
+        throughput = Throughput(ctx.plain, parts.train_set, t.batch_size, world, t.peak_flops, accelerator.device)
+        last_step = clock.last_step(t.max_samples, t.max_steps)
+        loss_feeds_schedule = schedule.needs_metric and schedule.monitor == "train/loss"  # read it every update
+        progress = tqdm(total=last_step, initial=start, disable=not (accelerator.is_main_process and t.progress),
+                        desc="train", dynamic_ncols=True)
+        held.callback(progress.close)
 
-        metrics: dict[str, float] = {}
-        if logging or run.loss_feeds_schedule:
-            loss_value = (accelerator.reduce(loss, "mean") if world > 1 else loss).item()
-            metrics["train/loss"] = loss_value
-            if t.nonfinite == "stop" and not math.isfinite(loss_value):
-                raise nonfinite.NonFiniteError(f"non-finite loss {loss_value} at update {step}; the newest "
-                                               "checkpoint holds the last good state")
-        if run.eval_due(step):
-            metrics["eval/loss"] = run.evaluate()
-        run.step_schedule(lr_steps, metrics)
-        run.after_update(step, applied, metrics)  # hooks, lr sync check
-        if logging:
-            run.log(step, lrs, loss_value, grad_norm)
-        run.log_eval(step, metrics)
-        run.progress.update(1)
+        # ---- the updates ----
+        model.train()
+        if cfg.distributed.sync_check_every:  # the first update's lr too (a strategy set up rank-dependently)
+            check_lr_sync(accelerator, schedule, cfg.distributed.sync_check_action == "resync")
+        window = Window()
+        loss_value, metrics = math.nan, dict[str, float]()
+        stop_reason: str | None = None
+        preempted = False
+        while clock.step < last_step and stop_reason is None:
+            step = clock.step + 1
+            logging = step % t.log_every == 0 or step == last_step
+            lrs = schedule.lrs() if logging else {}  # the lr this update uses: what gets logged for it
+            loss, grad_norm, applied = update(data, want_norm=logging and cfg.tracking.log_grad_norm)
+            lr_steps = clock.advance(applied)  # none if the update was skipped (non-finite, fp16 overflow)
+            window.count(restart_after_first=t.compile and not logging)
 
-        preempted, stopped_early = run.stop_requested(step, logging)
-        if run.checkpoint_due(step, preempted, stopping=stopped_early is not None):
-            run.save_checkpoint(step)
+            metrics = {}
+            if logging or loss_feeds_schedule:
+                loss_value = (accelerator.reduce(loss, "mean") if world > 1 else loss).item()
+                metrics["train/loss"] = loss_value
+                if t.nonfinite == "stop" and not math.isfinite(loss_value):
+                    raise NonFiniteError(f"non-finite loss {loss_value} at update {step}; the newest checkpoint "
+                                         "holds the last good state")
+            if eval_loader is not None and (step % t.eval_every == 0 or step == last_step):
+                metrics["eval/loss"] = evaluate(accelerator, model, loss_fn, eval_loader, eval_batches)
+            # the lr step: the strategy advances by the steps this update completed; a metric-driven one sees
+            # the metric once, on the last of them
+            for lr_step in lr_steps:
+                schedule.after_update(lr_step, metrics if lr_step == lr_steps[-1] else None)
+
+            ctx.step = step
+            if hooks and applied:
+                hooks.after_update(ctx)
+            if hooks and "eval/loss" in metrics:
+                hooks.after_evaluate(ctx, metrics)  # may add metrics, e.g. eval/loss_ema
+            if cfg.distributed.sync_check_every and step % cfg.distributed.sync_check_every == 0:
+                check_lr_sync(accelerator, schedule, cfg.distributed.sync_check_action == "resync")
+            if logging:
+                row = training_row(step, lrs, loss_value, data.epochs(step / parts.updates_per_epoch),
+                                   throughput.rates(window.updates, window.seconds()), grad_norm,
+                                   clock.skipped if t.nonfinite == "skip" or clock.skipped else None, clock.samples)
+                if hooks:
+                    hooks.on_log(ctx, row)
+                tracker.log(row)
+                progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{next(iter(lrs.values())):.3g}", refresh=False)
+                window.restart()
+            if "eval/loss" in metrics:
+                tracker.log({"step": step, **{k: v for k, v in metrics.items() if k.startswith("eval/")}})
+            progress.update(1)
+
+            # a signal is agreed on by every rank at log updates (a collective under DDP), at every update alone
+            preempted = (world == 1 or logging) and stop.agreed(accelerator)
+            stop_reason = "preempted" if preempted else (hooks.stop_reason(ctx) if hooks else None)
+            every = t.checkpoint_every
+            if preempted or (every and (step % every == 0 or step == last_step or stop_reason)):
+                checkpointer.save(step)
+        progress.close()
+
+        # ---- teardown ----
         if preempted:
-            return run.preempted(step)
-        if stopped_early:
-            accelerator.print(f"stopped early after update {step}: {stopped_early}")
-            break
-    run.progress.close()
+            tracker.close()
+            accelerator.print(f"stopped by signal {stop.signal or 'on another rank'} after update {clock.step}; "
+                              "checkpoint saved, rerun the same command to resume")
+            return {"step": clock.step, "preempted": True}
+        if stop_reason:
+            accelerator.print(f"stopped early after update {clock.step}: {stop_reason}")
+        summary: dict[str, Any] = {"step": clock.step, "world_size": world,
+                                   "loss": loss_value if math.isfinite(loss_value) else None,
+                                   **{k: v for k, v in metrics.items() if k.startswith("eval/")},
+                                   "first_update_s": round(window.first_update_s or 0.0, 3), "compiled": t.compile}
+        if stop_reason:
+            summary["stopped_early"] = stop_reason
+        summary = write_results(accelerator, cfg, model, hooks, ctx, tracker, summary)
+        ran = f", loss {loss_value:.4g}" if math.isfinite(loss_value) else " (no update left to run)"
+        evals = "".join(f", {k} {v:.4g}" for k, v in summary.items() if k.startswith("eval/"))
+        accelerator.print(f"done: update {clock.step}{ran}{evals}; results in {out}", flush=True)
+        return summary
 
-    extra: dict[str, Any] = {"first_update_s": round(run.window.first_update_s or 0.0, 3), "compiled": t.compile}
-    if stopped_early:
-        extra["stopped_early"] = stopped_early
-    return finish(accelerator, cfg, run.model, run.tracker, run.out, run.ctx, run.hooks, extra)
 
-
-def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tracker, out: Path,
-           ctx: HookContext, hooks: Hooks, extra: dict[str, Any]) -> dict[str, Any]:
-    """Check replicas agree, let the hooks finish, then write model.safetensors, summary.json and the curves
-    (rank 0). `extra` goes into the summary: how long this process's first update took (with `compiled`,
-    that is the compile time), and why the run stopped early if it did.
-    """
+def write_results(accelerator: Accelerator, cfg: Config, model: nn.Module, hooks: Hooks, ctx: HookContext,
+                  tracker: Tracker, summary: dict[str, Any]) -> dict[str, Any]:
+    """Check the replicas agree, let the hooks finish, then write model.safetensors, summary.json and the
+    curves (rank 0). Raises DriftError (after writing summary.json) if the replicas differ."""
+    out = Path(cfg.output_dir)
     digests = replica_digests(accelerator, model)
     drifted = first_drift(accelerator, model) if len(set(digests)) > 1 else None
     unwrapped = plain_model(accelerator, model)
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
-    summary = {"step": ctx.step or cfg.train.max_steps, "world_size": accelerator.num_processes,
-               "device": accelerator.device.type, "backend": backend,
-               "param_digest": digests[accelerator.process_index], "replica_digests": digests, **extra}
+    summary = {**summary, "device": accelerator.device.type, "backend": backend,
+               "param_digest": digests[accelerator.process_index], "replica_digests": digests}
     if drifted is None:
         hooks.on_end(ctx, summary)
     full: dict[str, torch.Tensor] | None = None
@@ -186,10 +362,10 @@ def finish(accelerator: Accelerator, cfg: Config, model: nn.Module, tracker: Tra
             save_file(checkpoint.untied(full or unwrapped.state_dict()), str(out / "model.safetensors"))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.train.plots:
-            from template.plotting import plot_training_curves  # matplotlib: 0.25 s of import, only at the end
+            from template.reporting.plotting import plot_training_curves  # matplotlib imported only at the end
 
             rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-            tracker.log_images({k: v for k, v in plot_training_curves(rows, out).items()}, cfg.train.max_steps)
+            tracker.log_images(plot_training_curves(rows, out), cfg.train.max_steps)
     tracker.close()
     accelerator.wait_for_everyone()
     if drifted is not None:

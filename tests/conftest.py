@@ -35,8 +35,9 @@ torch.set_num_threads(1)  # as the subprocesses' OMP_NUM_THREADS=1: in-process r
 # --no-loadscope-reorder) hands whole files to the workers in collection order: started first, these run
 # side by side and the many short files fill in behind them, so both workers finish together instead of
 # one waiting on a long file picked up last.
-LONGEST_FIRST = ("test_ddp.py", "test_fault_tolerance.py", "test_wandb_logging.py", "test_hf_data.py",
-                 "test_benchmark.py", "test_gpt.py", "test_robustness.py", "test_host_memory.py",
+LONGEST_FIRST = ("test_ddp.py", "test_fault_tolerance.py", "test_exact_resume.py", "test_wandb_logging.py",
+                 "test_missing_runs.py", "test_launcher_errors.py", "test_benchmark.py", "test_hf_data.py",
+                 "test_new_project.py", "test_gpt.py", "test_robustness.py", "test_host_memory.py",
                  "test_train_e2e.py", "test_hooks.py", "test_lr_find.py", "test_tutorial_script.py")
 
 
@@ -84,22 +85,112 @@ def run_train(*args: str, launcher: str = "python", nproc: int = 1, check: bool 
     return proc
 
 
+# What a run may change in this interpreter beyond its arguments and environment: methods the test plugins
+# patch (they read their environment once, at first import), process-wide flags, registries. An in-process
+# run puts all of it back (`_as_a_fresh_process`), and the autouse guard below fails any test after which it
+# differs, so no test passes or fails because of what an earlier one left behind.
+PATCHABLE = (("template.trainer", "UpdateStep", "__call__"), ("accelerate", "Accelerator", "save_state"),
+             ("pathlib", "Path", "rename"), ("torch._inductor.compile_fx", None, "compile_fx"),
+             ("template.schedules.base", "LRSchedule", "after_update"),
+             ("template.runtime.distributed", None, "Accelerator"), ("template.runtime.distributed", None,
+                                                                      "_resync_reported"))
+
+
+def _registries() -> dict[int, tuple[Any, dict[str, Any]]]:
+    from template.registry import Registry
+
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] not in (Registry.__module__.split(".")[0], "plugins") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, Registry):
+                found[id(value)] = (value, dict(value._items))
+    return found
+
+
+def process_state() -> dict[str, Any]:
+    """Everything in `PATCHABLE` (by identity), the registries' contents and the process-wide flags."""
+    import importlib
+
+    state: dict[str, Any] = {}
+    for module, owner, attr in PATCHABLE:
+        target = importlib.import_module(module)
+        target = getattr(target, owner) if owner else target
+        state[f"{module}.{owner}.{attr}"] = target.__dict__.get(attr) if owner else getattr(target, attr)
+    state["registries"] = {key: items for key, (_, items) in _registries().items()}
+    state["deterministic"] = torch.are_deterministic_algorithms_enabled()
+    state["threads"] = torch.get_num_threads()
+    state["cudnn.benchmark"] = torch.backends.cudnn.benchmark
+    state["plugins"] = frozenset(n for n in sys.modules if n.startswith("plugins."))
+    return state
+
+
+def restore_process_state(state: dict[str, Any], registries: dict[int, tuple[Any, dict[str, Any]]]) -> None:
+    import importlib
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    for module, owner, attr in PATCHABLE:
+        target = importlib.import_module(module)
+        target = getattr(target, owner) if owner else target
+        value = state[f"{module}.{owner}.{attr}"]
+        if owner and value is None:  # inherited, not the class's own: remove an override
+            if attr in target.__dict__:
+                delattr(target, attr)
+        else:
+            setattr(target, attr, value)
+    for registry, items in registries.values():
+        registry._items.clear()
+        registry._items.update(items)
+    torch.use_deterministic_algorithms(state["deterministic"])
+    torch.set_num_threads(state["threads"])
+    torch.backends.cudnn.benchmark = state["cudnn.benchmark"]
+    # Accelerate's process-wide singletons: a later run must set mixed precision, devices etc. afresh
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    for name in [n for n in sys.modules if n.startswith("plugins.") and n not in state["plugins"]]:
+        del sys.modules[name]  # plugins read their environment at import: the next run imports them anew
+
+
+@pytest.fixture(autouse=True)
+def no_leaks_between_tests() -> Iterator[None]:
+    before = process_state()
+    yield
+    after = process_state()
+    changed = sorted(k for k in before if before[k] != after[k] and k != "plugins")
+    assert not changed, f"the test left process-wide state changed: {changed}"
+
+
+def _fresh_showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                       line: str | None = None) -> None:
+    """Python's own warning printer, on the current sys.stderr (the run's captured stderr, not pytest's record)."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 @contextlib.contextmanager
 def _as_a_fresh_process(script: Path, args: list[str], env: dict[str, str], cwd: Path) -> Iterator[None]:
-    """argv, environment, cwd, sys.path and warning filters as `python script args` would have them, put back
-    afterwards (in-process runs share this interpreter with the other tests)."""
+    """argv, environment, cwd, sys.path and warning filters as `python script args` would have them, and every
+    process-wide thing a run can change (`process_state`), put back afterwards (in-process runs share this
+    interpreter with the other tests)."""
     saved_env, saved_argv, saved_path = dict(os.environ), sys.argv, list(sys.path)
+    saved_state, saved_registries = process_state(), _registries()
     os.environ.clear()
     os.environ.update(env)
     sys.argv = [str(script), *args]
     try:
         with contextlib.chdir(cwd), warnings.catch_warnings():
-            warnings.resetwarnings()  # a fresh interpreter shows each warning again
+            warnings.resetwarnings()  # a fresh interpreter's filters: each warning shown once, on stderr
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+            warnings.showwarning = _fresh_showwarning
             yield
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
         sys.argv, sys.path[:] = saved_argv, saved_path
+        restore_process_state(saved_state, saved_registries)
 
 
 def run_here(*args: str, check: bool = True, env: dict[str, str] | None = None, script: Path = TRAIN,

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from template.checkpoint import checkpoint_root
+from template.runtime.checkpoint import checkpoint_root
 
 from conftest import ROOT, clean_env, launch_command, read_summary, run_here, train_rows
 
@@ -79,8 +79,21 @@ class Launched:
         return self.proc.poll() is None
 
     def kill_group(self) -> None:
+        """kill -9 the launcher and every process under it. The process group alone is not enough under
+        `accelerate launch` / torchrun: torch's elastic agent starts each rank in a session of its own
+        (start_new_session=True in torch/distributed/elastic/multiprocessing/subprocess_handler), so the
+        ranks would outlive their launcher and finish the run."""
+        try:
+            workers = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            workers = []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"processes of the run survived kill -9: {alive}"
 
     def finish(self, timeout: float = 90) -> tuple[int, str, str]:
         """Wait for the exit (a run that hangs is killed, group and all, and the test fails)."""

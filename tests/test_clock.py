@@ -1,6 +1,6 @@
 """The lr clock in samples: a job resumed with another batch keeps the lr as a function of the data seen.
 
-Unit tests of `template.clock.Clock` and of the sampler's data position, and one real pair of runs: a
+Unit tests of `template.runtime.clock.Clock` and of the sampler's data position, and one real pair of runs: a
 batch-64 run, and the same run resumed from its update-10 checkpoint at batch 32 (a job moved from 8 GPUs
 to 4), which must log, at every sample count, the lr the uninterrupted batch-64 run had there.
 """
@@ -12,9 +12,10 @@ import math
 import pytest
 import torch
 
-from template.clock import Clock
-from template.config import ConfigError, load_config
+from template.config import load_config
 from template.data import GlobalBatchSampler
+from template.errors import ConfigError
+from template.runtime.clock import Clock
 
 from conftest import read_summary, run_here, train_rows
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from template.cli import run
-from template.config import Config, ConfigError, load_config
+from template.config import Config, load_config
+from template.errors import ConfigError
 from template.trainer import train
 
 from conftest import ROOT, TRAIN, clean_env

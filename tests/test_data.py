@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from template import data
 from template.data import GlobalBatchSampler, TensorBatches, make_loader
+from template.data import sampler as data
 
 SIZE, BATCH = 100, 8  # 12 updates per epoch, 4 samples dropped each epoch
 UPDATES = 40  # a little over three epochs

@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from template.distributed import (
+from template.runtime.distributed import (
     LaunchError,
     check_launch_env,
     launcher_world_size,
@@ -333,7 +333,7 @@ def test_make_accelerator_refuses_a_world_size_the_launcher_did_not_start(monkey
         def __init__(self, **kwargs: Any) -> None:
             pass
 
-    monkeypatch.setattr("template.distributed.Accelerator", OneProcess)
+    monkeypatch.setattr(f"{make_accelerator.__module__}.Accelerator", OneProcess)
     for key, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(LaunchError, match="the launcher started 2 processes but Accelerate sees 1"):

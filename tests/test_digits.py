@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from template.config import ConfigError, load_config
+from template.config import load_config
 from template.data import DATASETS
+from template.errors import ConfigError
 from template.models import MLP
 
 from conftest import ROOT, read_metrics, read_summary, run_here
@@ -23,7 +24,7 @@ def digits():
     """The dataset function, imported when these tests run rather than when pytest collects every file
     (scikit-learn takes ~3 s to import, in each worker)."""
     pytest.importorskip("sklearn")
-    from template.datasets_sklearn import digits
+    from template.data.sklearn_digits import digits
 
     return digits
 
@@ -69,7 +70,7 @@ def test_bad_eval_fraction_is_a_config_error():
 
 def test_digits_config_loads_and_names_the_plugin():
     cfg = load_config(CONFIG)
-    assert cfg.imports == ["template.datasets_sklearn"]
+    assert cfg.imports == ["template.data.sklearn_digits"]
     assert (cfg.data.name, cfg.loss.name, cfg.model.name) == ("digits", "cross_entropy", "mlp")
     assert cfg.model.kwargs["in_features"] == 64 and cfg.model.kwargs["out_features"] == 10
 

@@ -12,11 +12,9 @@ inside a checkpoint write, `poisoned_data` puts NaN targets at chosen samples.
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
 import signal
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,9 +23,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from template.checkpoint import TRAINER_STATE, checkpoint_root, complete_checkpoints
 from template.data import GlobalBatchSampler
-from template.run_lock import LOCK_FILE
+from template.runtime.checkpoint import TRAINER_STATE, checkpoint_root, complete_checkpoints, write_checksums
+from template.runtime.run_lock import LOCK_FILE
 
 from conftest import read_metrics, read_summary, train_rows
 from harness import Launched, assert_same_training, last_logged_step, train, train_here, wait_for_step
@@ -59,6 +57,13 @@ def ckpt(out: Path, step: int) -> Path:
     return checkpoint_root(out) / f"step_{step:08d}"
 
 
+def flip_byte(path: Path, offset: int = -16) -> None:
+    """Flip one bit of a byte near the end (inside the last tensor's data for a safetensors file)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 def truncate(path: Path, size: int | None = None) -> None:
     with path.open("r+b") as f:
         f.truncate(path.stat().st_size // 2 if size is None else size)
@@ -67,7 +72,7 @@ def truncate(path: Path, size: int | None = None) -> None:
 def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
     """Every path under root (root included) with its mtime and, for files, its bytes. The run's lock file
     is compared by its bytes alone: a run must hold the lock before it reads a checkpoint, so a refused
-    resume writes and empties it (template/run_lock.py); nothing else may change."""
+    resume writes and empties it (template/runtime/run_lock.py); nothing else may change."""
     return {str(p.relative_to(root)): (p.is_dir(), None if p.name == LOCK_FILE else p.stat().st_mtime_ns,
                                        None if p.is_dir() else p.read_bytes())
             for p in [root, *sorted(root.rglob("*"))]}
@@ -126,24 +131,9 @@ def ref_two(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.ddp
-def test_kill_9_of_two_processes_at_random_points_then_resume_is_bit_identical(ref_two, tmp_path):
-    out = tmp_path / "killed"
-    rng = random.Random(20240611)
-    target, kills = 0, 0
-    for _ in range(2):
-        target = rng.randint(target + 3, min(target + 27, 50))  # the second kill after the first one
-        run = Launched(TWO, out, nproc=2, FT_PACE_S="0.03")
-        wait_for_step(run, target)
-        time.sleep(rng.uniform(0, 0.06))  # anywhere: forward, backward, all-reduce, a checkpoint write
-        if run.alive():
-            run.kill_group()  # launcher and both ranks
-            kills += 1
-        run.finish()
-    stdout, _ = train(TWO, out, nproc=2)
-    assert kills == 2
-    assert "resumed from" in stdout
-    assert_same_training(ref_two, out)
+# kill -9 of two processes mid-run, at a random point, then a bit-identical resume: tests/test_exact_resume.py
+# (with dropout and global random draws, the hardest case) and tests/test_missing_runs.py (with accumulation
+# and the samples clock).
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,13 +190,13 @@ def test_corrupt_newest_checkpoints_are_reported_and_skipped(ref_one, tmp_path):
     train_here((*keep3, "train.max_steps=30"), out)
     assert steps_of(out) == [20, 25, 30]
     truncate(ckpt(out, 30) / "model.safetensors", 10)  # even its header is gone
-    truncate(ckpt(out, 25) / "optimizer.bin")  # loads part-way: the model is read before the optimizer
+    flip_byte(ckpt(out, 25) / "model.safetensors")  # inside a tensor: it would load silently as a wrong weight
 
-    # Named explicitly, an unreadable checkpoint is an error; nothing in output_dir changes.
+    # Named explicitly, a damaged checkpoint is an error; nothing in output_dir changes.
     before = snapshot(out)
     _, stderr = train_here((*keep3, f"train.resume={ckpt(out, 25)}"), out, expect=2)
     line = one_error_line(stderr, "error: train.resume: ")
-    assert "no checkpoint could be loaded" in line and "step_00000025" in line
+    assert "no intact checkpoint" in line and "step_00000025" in line
     _, stderr = train_here((*keep3, f"train.resume={checkpoint_root(out)}"), out, expect=2)
     assert "is not a complete checkpoint" in one_error_line(stderr, "error: train.resume: ")
     assert snapshot(out) == before
@@ -214,24 +204,46 @@ def test_corrupt_newest_checkpoints_are_reported_and_skipped(ref_one, tmp_path):
     stdout, _ = train_here(keep3, out)
     warnings = [line for line in stdout.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2
-    assert f"checkpoint {ckpt(out, 30)} is unreadable" in warnings[0]
-    assert f"checkpoint {ckpt(out, 25)} is unreadable" in warnings[1]
+    assert f"checkpoint {ckpt(out, 30)} is damaged: model.safetensors does not match its checksum" in warnings[0]
+    assert f"checkpoint {ckpt(out, 25)} is damaged: model.safetensors does not match its checksum" in warnings[1]
     assert f"resumed from {ckpt(out, 20)} at update 20" in stdout
     assert_same_training(ref_one, out)
 
 
-def test_keep_1_never_deletes_the_only_good_checkpoint_for_a_corrupt_newer_one(ref_one, tmp_path):
+def test_intact_bytes_that_fail_to_load_are_skipped_and_a_part_way_load_is_never_trained_on(ref_one, tmp_path):
+    """Checksums catch damage; a file written wrong in the first place (here: a truncated optimizer file whose
+    checksum was recorded as it is) still fails in Accelerate's load_state, part-way, after the model."""
+    out = tmp_path / "run"
+    keep3 = (*ONE, "train.keep_checkpoints=3")
+    train_here((*keep3, "train.max_steps=30"), out)
+    truncate(ckpt(out, 30) / "optimizer.bin")
+    write_checksums(ckpt(out, 30))  # as if it had been written that way
+    stdout, _ = train_here(keep3, out)
+    assert f"checkpoint {ckpt(out, 30)} is unreadable" in stdout
+    assert f"resumed from {ckpt(out, 25)} at update 25" in stdout
+    assert_same_training(ref_one, out)
+    truncate(ckpt(out, 40) / "optimizer.bin")
+    write_checksums(ckpt(out, 40))
+    _, stderr = train_here((*keep3, f"train.resume={ckpt(out, 40)}"), out, expect=2)
+    assert "failed part-way through loading" in one_error_line(stderr, "error: train.resume: ")
+
+
+def test_no_intact_checkpoint_is_exit_2_and_keep_1_never_deletes_the_only_good_one(ref_one, tmp_path):
     out = tmp_path / "run"
     keep1 = (*ONE, "train.keep_checkpoints=1")
     train_here((*keep1, "train.max_steps=20"), out)
     assert steps_of(out) == [20]
     truncate(ckpt(out, 20) / TRAINER_STATE)
-    # No readable checkpoint: starts over (the model was not touched), killed while writing update 15's.
-    stdout, _ = train(keep1, out, expect=-signal.SIGKILL, FT_CRASH="save_state:15")
-    assert "starting from scratch" in stdout
-    assert steps_of(out) == [10, 20]  # the unreadable step_20 did not push out the good step_10
+    # No intact checkpoint: the user decides to start over, not the template.
+    before = snapshot(out)
+    _, stderr = train_here(keep1, out, expect=2)
+    assert "no intact checkpoint" in one_error_line(stderr, "error: train.resume: ")
+    assert snapshot(out) == before
+    # Started over by hand, killed while writing update 15's checkpoint.
+    train((*keep1, "train.resume=none"), out, expect=-signal.SIGKILL, FT_CRASH="save_state:15")
+    assert steps_of(out) == [10, 20]  # the damaged step_20 did not push out the good step_10
     stdout, _ = train_here(keep1, out)
-    assert f"checkpoint {ckpt(out, 20)} is unreadable" in stdout
+    assert f"checkpoint {ckpt(out, 20)} is damaged" in stdout
     assert f"resumed from {ckpt(out, 10)} at update 10" in stdout
     assert steps_of(out) == [40]
     assert_same_training(ref_one, out)
@@ -239,15 +251,15 @@ def test_keep_1_never_deletes_the_only_good_checkpoint_for_a_corrupt_newer_one(r
 
 @pytest.mark.ddp
 def test_checkpoint_unreadable_on_one_rank_only_is_skipped_by_both(ref_two, tmp_path):
-    """rank 1's own RNG file is corrupt: both ranks must agree to resume from the previous checkpoint
-    (Accelerate itself only logs an unreadable RNG file, and the ranks would resume at different updates)."""
+    """rank 1's own file (its RNG state) is corrupt: both ranks must agree to resume from the previous
+    checkpoint, or the ranks would resume at different updates."""
     out = tmp_path / "copy"
     shutil.copytree(ref_two, out)
     assert steps_of(out) == [54, 60]
-    truncate(ckpt(out, 60) / "random_states_1.pkl")
+    truncate(ckpt(out, 60) / "rank_1.pt")
     (out / "model.safetensors").unlink()
     stdout, _ = train(TWO, out, nproc=2)
-    assert f"checkpoint {ckpt(out, 60)} is unreadable on rank 1" in stdout
+    assert f"checkpoint {ckpt(out, 60)} is damaged: rank_1.pt does not match its checksum" in stdout
     assert f"resumed from {ckpt(out, 54)} at update 54" in stdout
     assert_same_training(ref_two, out)
 
@@ -263,6 +275,12 @@ def test_resume_with_a_different_model_width_is_one_error_line_and_touches_nothi
     train_here((*ONE, *mlp, "model.kwargs={in_features: 1, hidden: 8, depth: 2}"), out)
     before = snapshot(out)
     _, stderr = train((*ONE, *mlp, "model.kwargs={in_features: 1, hidden: 16, depth: 2}", "tracking.wandb=true"),
+                      out, expect=2)
+    line = one_error_line(stderr, "error: model.kwargs.hidden: changed since the checkpoint")
+    assert "(8 -> 16)" in line and str(checkpoint_root(out)) in line
+    assert snapshot(out) == before
+    # the same config over weights of another shape (model code changed in a fork): the shapes are compared
+    _, stderr = train((*ONE, *mlp, "model.kwargs={in_features: 1, hidden: 8, depth: 2}", "imports=[plugins.wider]"),
                       out, expect=2)
     line = one_error_line(stderr, "error: train.resume: ")
     assert "'net.0.weight' has shape [8, 1] there but [16, 1] in this config" in line

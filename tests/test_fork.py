@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import template as package
 from template.data import GlobalBatchSampler, synthetic_linear
 
 from conftest import ROOT, clean_env, read_metrics, read_summary
@@ -101,6 +102,7 @@ tracking: {wandb: false}
 hooks: [{name: loss_trend}]
 """
 BASE_LR, TOTAL, FLOOR, SCALE, STEPS, SEED, BATCH = 0.2, 25, 0.1, 3.0, 30, 3, 32
+PACKAGE = package.__name__  # `template` as shipped; a fork's own name after scripts/new_project.py
 
 
 def repository_files() -> list[Path]:
@@ -149,11 +151,11 @@ def fork(tmp_path_factory):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, root / name)
     marker = uuid.uuid4().hex
-    with (root / "template" / "__init__.py").open("a", encoding="utf-8") as f:
+    with (root / PACKAGE / "__init__.py").open("a", encoding="utf-8") as f:
         f.write(f'\nFORK_MARKER = "{marker}"  # only this copy has it\n')
     (root / "myproject").mkdir()
     (root / "myproject" / "__init__.py").write_text("")
-    (root / "myproject" / "parts.py").write_text(PARTS)
+    (root / "myproject" / "parts.py").write_text(PARTS.replace("template", PACKAGE))  # every mention: the package
     (root / "configs" / "fork.yaml").write_text(CONFIG)
     probe = root.parent / "probe.json"
     env = clean_env(PYTHONPATH=str(root), FORK_PROBE=str(probe))
@@ -165,7 +167,7 @@ def fork(tmp_path_factory):
 
 def test_fork_copies_the_template_and_leaves_the_trainer_alone(fork):
     root, *_ = fork
-    for name in ("template/trainer.py", "template/losses.py", "template/schedules/manual.py", "template/hooks/base.py",
+    for name in (*(f"{PACKAGE}/{part}" for part in ("trainer.py", "losses.py", "schedules/manual.py", "hooks/base.py")),
                  "scripts/train.py"):
         assert (root / name).read_bytes() == (ROOT / name).read_bytes(), name
     assert not (root / ".git").exists()
@@ -175,7 +177,7 @@ def test_fork_copies_the_template_and_leaves_the_trainer_alone(fork):
 def test_fork_run_imports_the_copy_of_the_template(fork):
     root, marker, probe, _ = fork
     assert probe["marker"] == marker  # the installed (or original) template has no marker
-    assert Path(probe["file"]).resolve() == (root / "template" / "__init__.py").resolve()
+    assert Path(probe["file"]).resolve() == (root / PACKAGE / "__init__.py").resolve()
 
 
 def test_fork_run_writes_into_the_copy(fork):

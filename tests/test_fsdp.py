@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 UPDATES, RESUME_AT = 12, 6
-EXIT_DRAIN_S = 0.05  # the same pause as template.distributed._drain_gloo_at_exit
+EXIT_DRAIN_S = 0.05  # the same pause as template.runtime.distributed._drain_gloo_at_exit
 GLOBAL_BATCH, IN_FEATURES = 16, 4
 
 
@@ -49,10 +49,10 @@ def _worker(out: Path) -> None:
     from torch.distributed.tensor import DTensor
 
     sys.path.insert(0, str(ROOT))
-    from template import nonfinite
-    from template.distributed import param_digest
     from template.models import MLP
     from template.optim import RandomScaledSGD
+    from template.runtime import nonfinite
+    from template.runtime.distributed import param_digest
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -130,7 +130,7 @@ def _worker(out: Path) -> None:
     }
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
-    # as template.distributed does at exit: let gloo's worker threads drop their tensors before the
+    # as template.runtime.distributed does at exit: let gloo's worker threads drop their tensors before the
     # interpreter tears down (an upstream race that otherwise aborts ~1 run in 8 with SIGABRT)
     time.sleep(EXIT_DRAIN_S)
     dist.destroy_process_group()

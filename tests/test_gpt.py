@@ -23,11 +23,11 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from template.config import ConfigError
-from template.gpt import GPT
+from template.data.tokens import TokenWindows, token_files
+from template.errors import ConfigError
 from template.losses import NextTokenLoss
-from template.throughput import Throughput
-from template.tokens import TokenWindows, token_files
+from template.models.gpt import GPT
+from template.reporting.throughput import Throughput
 
 from conftest import ROOT, read_summary, run_here, run_train, train_rows
 from harness import (
@@ -74,6 +74,24 @@ def test_flops_per_token_is_6n_plus_attention():
     n = sum(p.numel() for p in model.parameters()) - 64 * 64  # the tied head counted once, no wpe
     assert model.num_params() == n
     assert model.flops_per_token() == 6 * n + 12 * 3 * 4 * 16 * 64
+
+
+@pytest.mark.parametrize("shape", [{"vocab_size": 256, "block_size": 64, "n_layer": 2, "n_head": 4, "n_embd": 64},
+                                   {"vocab_size": 1024, "block_size": 32, "n_layer": 3, "n_head": 2, "n_embd": 96,
+                                    "bias": False}])
+def test_flops_per_token_is_what_torch_counts_for_a_training_step(shape):
+    """6N + 12*L*H*Q*T (what MFU divides by) against torch's own FlopCounterMode over a forward and backward:
+    equal but for the 6 FLOPs per token of each parameter that is in no matmul (biases, LayerNorms), which the
+    estimate counts and torch does not. The math SDPA backend is used so attention's matmuls are counted."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = GPT(**shape)
+    x = torch.randint(0, shape["vocab_size"], (2, shape["block_size"]))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        NextTokenLoss()(model(x), x).backward()
+    outside_matmuls = sum(p.numel() for p in model.parameters() if p.dim() < 2)
+    assert counter.get_total_flops() == (model.flops_per_token() - 6 * outside_matmuls) * x.numel()
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
@@ -173,7 +191,7 @@ def test_a_bad_token_file_is_one_error_line_and_exit_2(tmp_path):
 MEMORY_PROBE = """
 import resource, sys, torch
 from template.data import GlobalBatchSampler, make_loader
-from template.tokens import token_files
+from template.data.tokens import token_files
 def peak_mb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 before = peak_mb()
 train, _ = token_files(0, dir=sys.argv[1], block_size=256, vocab_size=65536, dtype="uint16", eval_file=None)

@@ -23,7 +23,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from template.config import ConfigError
 from template.data import GlobalBatchSampler, StreamingData, make_loader
 
 from conftest import read_summary, run_here, run_train, train_rows
@@ -32,8 +31,11 @@ from harness import STDLIB, Launched, assert_same_training, train_here, wait_for
 datasets = pytest.importorskip("datasets")
 pytest.importorskip("torchdata")
 
-from template import hf_data  # noqa: E402
-from template.hf_data import byte_windows, columns_to_tensors, hf_dataset, hf_stream  # noqa: E402
+from template.data import hf_dataset, hf_stream  # noqa: E402
+from template.data.hf import common as hf_common  # noqa: E402
+from template.data.hf import stream as hf_stream_module  # noqa: E402
+from template.data.hf.common import byte_windows, columns_to_tensors  # noqa: E402
+from template.errors import ConfigError  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
 # Transforms and map-style tables
@@ -145,7 +147,7 @@ def test_a_stream_gives_each_sample_to_one_rank_once_per_pass_and_two_ranks_see_
 def test_a_stream_resumes_from_its_saved_position_across_a_pass_end(tmp_path, monkeypatch, workers, pack):
     """From a state saved after any update (within the first pack, or with packs of 7 rows, where a global batch
     spans packs), the stream goes on as if never stopped, across the end of the pass."""
-    monkeypatch.setattr(hf_data, "MAP_BATCH", pack)
+    monkeypatch.setattr(hf_stream_module, "MAP_BATCH", pack)
     stream = id_stream(tmp_path)
     straight = updates(stream, 30, workers=workers)
     for stop in (1, 10, 12):
@@ -240,10 +242,10 @@ def ragged_samples(batch: dict[str, list[Any]]) -> dict[str, Any]:
     return {"x": [[1.0] * (1 + i % 2) for i in range(len(batch["y"]))], "y": batch["y"]}
 
 
-@hf_data.TRANSFORMS.register("test_ragged")
-def ragged() -> hf_data.Transform:
+@hf_common.TRANSFORMS.register("test_ragged")
+def ragged() -> hf_common.Transform:
     """A forker's transform whose samples differ in length: fine for `datasets`, not for a batch."""
-    return hf_data.Transform(("y",), ragged_samples)
+    return hf_common.Transform(("y",), ragged_samples)
 
 
 def test_samples_of_unequal_shapes_are_a_config_error(tmp_path):
@@ -356,7 +358,7 @@ def stream_reference(corpus, tmp_path_factory) -> Path:
 def stream_pass(out: Path, step: int) -> int:
     """The pass of the stream that checkpoint `step` is in."""
     state = torch.load(out / "checkpoints" / f"step_{step:08d}" / "trainer.pt", weights_only=True)
-    return int(state["data"]["pass"])
+    return int(state["data"]["stream"]["pass"])
 
 
 @pytest.mark.e2e

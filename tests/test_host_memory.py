@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from template.host_memory import user_chose_allocator
+from template.runtime.host_memory import user_chose_allocator
 
 from conftest import ROOT, clean_env
 
@@ -15,7 +15,7 @@ from conftest import ROOT, clean_env
 # faults per update. Run in a fresh interpreter: the thresholds are process-wide and cannot be unset.
 UPDATES = """
 import resource, sys, torch
-from template.host_memory import keep_freed_memory
+from template.runtime.host_memory import keep_freed_memory
 from template.models import MLP
 torch.set_num_threads(1)
 applied = keep_freed_memory() if sys.argv[1] == "on" else False

@@ -37,7 +37,7 @@ def check(found: dict[int, set[str]]) -> None:
     device_reads = {k: v - CPU_ONLY for k, v in found.items() if v - CPU_ONLY}
     assert set(device_reads) <= logged, {k: v for k, v in device_reads.items() if k not in logged}
     # not vacuous: the loss is read after each log update, and the factor draw was seen every update
-    assert all("trainer.py:run_training" in device_reads.get(k, set()) for k in range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+    assert all("trainer.py:train" in device_reads.get(k, set()) for k in range(LOG_EVERY, STEPS + 1, LOG_EVERY))
     assert all("optim.py:draw_factor" in found[k] for k in range(STEPS))
 
 

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from template.config import ConfigError, load_config
+from template.config import load_config
 from template.data import GlobalBatchSampler, make_loader
-from template.distributed import make_accelerator, param_digest
-from template.lr_find import (
+from template.errors import ConfigError
+from template.parts import build_parts
+from template.runtime.distributed import make_accelerator, param_digest
+from template.tools.lr_find import (
     DIVERGED,
     NONFINITE,
     LRFindResult,
@@ -27,8 +29,7 @@ from template.lr_find import (
     smooth,
     suggest,
 )
-from template.parts import build_parts
-from template.update import UpdateStep
+from template.trainer import UpdateStep
 
 from conftest import ROOT, run_here, run_train
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from template.config import ConfigError, SchedulerConfig, load_config
-from template.preview import preview_lr_curve
+from template.config import SchedulerConfig, load_config
+from template.errors import ConfigError
 from template.schedules import (
     LAMBDAS,
     NAMED_SCHEDULES,
@@ -27,6 +27,7 @@ from template.schedules import (
     check_schedule,
     named_schedule,
 )
+from template.schedules.preview import preview_lr_curve
 
 from conftest import ROOT, run_here
 from schedule_curves import curve, make_optimizer, resumed_curve
@@ -258,12 +259,14 @@ def test_every_name_is_registered_in_both_strategies():
     assert "halving" in LAMBDAS
 
 
-def test_a_formula_of_your_own_is_usable_from_both_strategies():
+def test_a_formula_of_your_own_is_usable_from_both_strategies(monkeypatch):
     """Registered after the package was imported: both wrappers pick it up."""
-    if "test_step_down" not in NAMED_SCHEDULES:
-        @named_schedule("test_step_down")
-        def step_down(*, at: int) -> Formula:
-            return Formula("test_step_down", lambda count, base_lr: 1.0 if count < at else 0.1)
+    for registry in (NAMED_SCHEDULES, LAMBDAS, SUBCLASS_SCHEDULERS):  # registered for this test only
+        monkeypatch.setattr(registry, "_items", dict(registry._items))
+
+    @named_schedule("test_step_down")
+    def step_down(*, at: int) -> Formula:
+        return Formula("test_step_down", lambda count, base_lr: 1.0 if count < at else 0.1)
 
     for strategy in STRATEGIES:
         lrs = [row[0] for row in curve(SchedulerConfig(strategy, "test_step_down", {"at": 2}), 4)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from template.config import load_config
-from template.preview import preview_lr_curve
+from template.schedules.preview import preview_lr_curve
 
 from conftest import ROOT, run_here
 

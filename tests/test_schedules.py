@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from template.config import ConfigError, SchedulerConfig
+from template.config import SchedulerConfig
+from template.errors import ConfigError
 from template.schedules import build_schedule
 
 from schedule_curves import curve, make_optimizer, resumed_curve
@@ -157,7 +158,7 @@ def test_unknown_names_suggest_the_closest():
         build_schedule(SchedulerConfig("subclass", "warmup_cosin"), make_optimizer(), 10)
 
 
-def test_manual_strategy_sets_the_first_updates_lr():
+def test_manual_strategy_sets_the_first_updates_lr(monkeypatch):
     """A manual warmup must not take a full-lr first step: step(update=0) runs before update 1."""
     from template.schedules import MANUAL_STRATEGIES, ManualLR
 
@@ -166,7 +167,6 @@ def test_manual_strategy_sets_the_first_updates_lr():
             for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
                 group["lr"] = base * min(1.0, (update + 1) / 4)
 
-    if "test_warmup" not in MANUAL_STRATEGIES:
-        MANUAL_STRATEGIES.add("test_warmup", Warmup)
+    monkeypatch.setitem(MANUAL_STRATEGIES._items, "test_warmup", Warmup)  # taken out again after the test
     lrs = [row[0] for row in curve(SchedulerConfig("manual", "test_warmup"), 6)]
     assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from template.config import load_config
-from template.redaction import REDACTED, is_secret_name, redact, redact_argv, secret_values
-from template.tracking import run_labels, wandb_mode
+from template.reporting.redaction import REDACTED, is_secret_name, redact, redact_argv, secret_values
+from template.reporting.tracking import run_labels, wandb_mode
 
 from conftest import ROOT, TRAIN, clean_env, read_metrics, run_train, train_rows
 
@@ -93,7 +93,7 @@ def files_containing(root: Path, needles: list[str]) -> dict[str, list[str]]:
 KILL_WRAPPER = """
 import os, runpy, signal, sys
 sys.path.insert(0, {root!r})
-from template import tracking
+from template.reporting import tracking
 
 after = int(os.environ["KILL_AFTER_STEP"])
 original = tracking.Tracker.log
@@ -166,7 +166,7 @@ def test_sweep_config_parses_and_every_trial_is_a_valid_config(monkeypatch):
     strategies give the same lr curve for the same lr."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    from template.preview import preview_lr_curve
+    from template.schedules.preview import preview_lr_curve
 
     sweep = yaml.safe_load(SWEEP.read_text())
     assert sweep["method"] == "grid" and (ROOT / sweep["program"]).is_file()
@@ -195,7 +195,7 @@ def test_preview_leaves_the_global_rng_alone():
 
     import torch
 
-    from template.preview import preview_lr_curve
+    from template.schedules.preview import preview_lr_curve
 
     cfg = load_config("configs/seed_builtin.yaml")
     torch.manual_seed(123)
@@ -214,7 +214,7 @@ def test_preview_leaves_the_global_rng_alone():
 @pytest.mark.e2e
 def test_fresh_run_logs_what_metrics_jsonl_holds(tmp_path):
     """No WANDB_MODE and no login: offline, under output_dir; WANDB_PROJECT / WANDB_ENTITY honoured."""
-    from template.preview import preview_lr_curves
+    from template.schedules.preview import preview_lr_curves
 
     from wandb_offline import iter_records
 
@@ -288,7 +288,7 @@ def test_two_processes_make_one_run_and_no_secret_reaches_any_file(tmp_path):
 def test_resume_continues_the_same_run_each_step_once(tmp_path):
     out = tmp_path / "resume"
     common = (f"output_dir={out}", "train.log_every=1", "train.progress=false", "train.checkpoint_every=10",
-              WARMUP)
+              WARMUP, "scheduler.kwargs.total_steps=20")  # the horizon stays: a resume may not change it
     run_train(*common, "train.max_steps=20")
     run_train(*common, "train.max_steps=30")  # resume=auto: continues from update 20's checkpoint
     runs = segments(out)

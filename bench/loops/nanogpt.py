@@ -37,8 +37,8 @@ def run_nanogpt(cfg: Config, device: torch.device) -> dict[str, Any]:
     import numpy as np
     import torch.nn.functional as F
 
-    from template.distributed import param_digest
-    from template.gpt import GPT
+    from template.models.gpt import GPT
+    from template.runtime.distributed import param_digest
 
     opt, lr_kw, t = cfg.optimizer, cfg.scheduler.kwargs, cfg.train
     block_size, batch_size = cfg.model.kwargs["block_size"], t.batch_size
@@ -101,7 +101,7 @@ def run_nanogpt(cfg: Config, device: torch.device) -> dict[str, Any]:
 
 def run_nanogpt_tuned(cfg: Config, device: torch.device) -> dict[str, Any]:
     """The nanoGPT loop with the trainer's malloc thresholds: the trainer's own overhead at equal allocator settings."""
-    from template.host_memory import keep_freed_memory
+    from template.runtime.host_memory import keep_freed_memory
 
     keep_freed_memory()
     return run_nanogpt(cfg, device)

@@ -6,7 +6,7 @@ scheduler.step(), and read `loss.item()` every LOG_EVERY updates. It builds the 
 the synthetic data, the same seed) and draws its permutations like the trainer's sampler, so it ends
 with bit-identical parameters: `same_params_as_trainer` checks that the comparison is like for like.
 
-`raw_tuned` is the same loop after the trainer's malloc setting (template/host_memory.py: glibc keeps
+`raw_tuned` is the same loop after the trainer's malloc setting (template/runtime/host_memory.py: glibc keeps
 freed memory instead of page-faulting each update's activations in again): the trainer's own overhead
 at equal allocator settings.
 """
@@ -42,7 +42,7 @@ def build_common(cfg: Config, device: torch.device) -> tuple[Any, ...]:
 
 
 def run_raw(cfg: Config, device: torch.device) -> dict[str, Any]:
-    from template.distributed import param_digest
+    from template.runtime.distributed import param_digest
 
     model, loss_fn, optimizer, scheduler, train_set = build_common(cfg, device)
     x_all, y_all = train_set.tensors
@@ -74,7 +74,7 @@ def run_raw(cfg: Config, device: torch.device) -> dict[str, Any]:
 
 def run_raw_tuned(cfg: Config, device: torch.device) -> dict[str, Any]:
     """The raw loop with the trainer's malloc thresholds: the trainer's own overhead at equal allocator settings."""
-    from template.host_memory import keep_freed_memory
+    from template.runtime.host_memory import keep_freed_memory
 
     keep_freed_memory()
     return run_raw(cfg, device)

@@ -81,7 +81,7 @@ def _model_rate(batch: int, x: torch.Tensor, y: torch.Tensor, updates: int, repe
 
 def data_section(args: argparse.Namespace) -> dict[str, Any]:
     """{"samples_per_s": {source: {workers: rate}}, "model_samples_per_s": rate, "vs_model": ...}."""
-    from template.hf_data import hf_dataset, hf_stream
+    from template.data import hf_dataset, hf_stream
 
     batch = getattr(args, "batch", 64)
     quick = getattr(args, "quick", False)
@@ -102,7 +102,7 @@ def data_section(args: argparse.Namespace) -> dict[str, Any]:
             results["samples_per_s"][name] = {}
             for workers in (0, 2):
                 def make(data: Any = data, workers: int = workers) -> Any:
-                    return TrainData(data, batch, 1, 1, 0, SEED, 0, workers, False, None).batches
+                    return TrainData(data, batch, 1, 1, 0, SEED, workers, False)
 
                 results["samples_per_s"][name][workers] = _rate(make, batch, batches, repeats)
     model = _model_rate(batch, x, y, batches, repeats)

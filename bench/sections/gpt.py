@@ -7,7 +7,7 @@ trainer, the same in-place `model.compile()` for the raw loops), timed as in thr
 updates/s x batch x block). Compile time stays out of the rate (it falls in the warm-up updates) and is
 reported apart. The model: on CPU configs/gpt.yaml's as shipped (4 layers, 4 heads, 128 wide, block
 128), batch 16; with `--device cuda` GPT-2 small's shape (12 x 12 x 768, block 1024, byte vocabulary),
-batch 16, bf16, with MFU where the GPU's peak is known (template/throughput.py). Token files:
+batch 16, bf16, with MFU where the GPU's peak is known (template/reporting/throughput.py). Token files:
 data/stdlib_bytes if scripts/prepare_text.py wrote it, else prepared into the work dir.
 """
 
@@ -41,8 +41,8 @@ def run(ctx: Context) -> dict[str, Any]:
     `cpu_ratios`, and `median_update_ratios` (one over the median update time: a burst of other work on
     the machine slows a few updates, not the median).
     """
-    from template.gpt import GPT
-    from template.throughput import device_peak_flops
+    from template.models.gpt import GPT
+    from template.reporting.throughput import device_peak_flops
 
     args, device, workdir = ctx.args, ctx.device, ctx.workdir
 

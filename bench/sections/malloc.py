@@ -5,7 +5,7 @@ For the small MLP, the mid MLP and the GPT (CPU: configs/gpt.yaml's model), the 
 fresh processes (the setting is process-wide and cannot be undone), at least 5 pairs each and more
 within --budget-s while the interval of the ratio still holds 1.0. Beside the rates: the minor page
 faults per update, the mechanism the setting acts on, and the largest activation of one update, the
-size that decides whether glibc serves it with a fresh mmap() (template/host_memory.py).
+size that decides whether glibc serves it with a fresh mmap() (template/runtime/host_memory.py).
 """
 
 from __future__ import annotations

@@ -33,11 +33,11 @@ def run(ctx: Context) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from template.data import GlobalBatchSampler, make_loader
-    from template.distributed import make_accelerator
     from template.parts import build_parts
+    from template.reporting.tracking import Tracker, training_row
+    from template.runtime.distributed import make_accelerator
     from template.schedules.subclass import WarmupCosineLR
-    from template.tracking import Tracker, training_row
-    from template.update import UpdateStep
+    from template.trainer import UpdateStep
 
     torch.set_num_threads(args.threads)
     spec = args.specs[0]
@@ -86,6 +86,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     tracker = Tracker(accelerator, cfg)
+    tracker.start(0)
     progress = tqdm(total=10, disable=True)
 
     def log_row() -> None:  # what the trainer does once per log_every updates, W&B off

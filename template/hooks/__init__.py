@@ -4,7 +4,8 @@ Importing this package registers the shipped hooks, `ema` and `early_stopping`; 
 into `HOOKS` in a module listed under `imports:`.
 """
 
-from template.hooks.base import HOOKS, Hook, HookContext, HookError, Hooks
+from template.errors import HookError
+from template.hooks.base import HOOKS, Hook, HookContext, Hooks
 from template.hooks.early_stopping import EarlyStopping
 from template.hooks.ema import EMA
 

@@ -30,12 +30,9 @@ from typing import Any
 from accelerate import Accelerator
 from torch import nn
 
-from template.config import ConfigError, HookConfig, describe
+from template.config import HookConfig
+from template.errors import ConfigError, HookError, describe
 from template.registry import Registry
-
-
-class HookError(RuntimeError):
-    """A hook raised: the message names the hook and the event."""
 
 
 @dataclass

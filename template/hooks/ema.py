@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from accelerate.utils import DistributedType, gather_object
 
-from template.distributed import param_digest
 from template.hooks.base import HOOKS, Hook, HookContext
+from template.runtime.distributed import param_digest
 
 
 @HOOKS.register("ema")
@@ -90,7 +90,7 @@ class EMA(Hook):
             if ctx.is_main_process:
                 from safetensors.torch import save_file
 
-                from template.checkpoint import untied
+                from template.runtime.checkpoint import untied
 
                 save_file(untied(ctx.plain.state_dict()), str(ctx.output_dir / "model_ema.safetensors"))
         finally:

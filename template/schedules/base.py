@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 import torch
 
-from template.config import ConfigError, SchedulerConfig, describe
+from template.config import SchedulerConfig
+from template.errors import ConfigError, describe
 from template.registry import Registry
 
 
@@ -70,7 +71,12 @@ class LRSchedule:
         return {name: float(g["lr"]) for name, g in zip(self.group_names, self.optimizer.param_groups, strict=True)}
 
     def after_update(self, update: int, metrics: Mapping[str, float] | None = None) -> None:
-        """Advance after applied update number `update` (1-based, global)."""
+        """Advance after applied update number `update` (1-based, global): what the training loop calls."""
+        self.advance(update, metrics)
+
+    def advance(self, update: int, metrics: Mapping[str, float] | None = None) -> None:
+        """The step itself; preflight's trial of the strategy calls it directly, so whatever observes
+        `after_update` (a test's probe, a fork's wrapper) sees the training's updates only."""
         if self.interval == "epoch" and update % self.updates_per_epoch != 0:
             return
         if self._plain_torch:

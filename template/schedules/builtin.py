@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
-from template.config import ConfigError, SchedulerConfig, _suggest
+from template.config import SchedulerConfig
+from template.errors import ConfigError, suggest
 from template.schedules.base import STRATEGIES
 
 COMPOSITES = ("SequentialLR", "ChainedScheduler")
@@ -32,7 +33,7 @@ def _torch_class(name: str, key: str) -> type:
     if not (isinstance(cls, type) and issubclass(cls, lr_scheduler.LRScheduler)) or name.startswith("_"):
         names = [n for n in dir(lr_scheduler) if isinstance(getattr(lr_scheduler, n), type)
                  and issubclass(getattr(lr_scheduler, n), lr_scheduler.LRScheduler) and not n.startswith("_")]
-        raise ConfigError(key, f"unknown torch scheduler '{name}'{_suggest(name, names)}")
+        raise ConfigError(key, f"unknown torch scheduler '{name}'{suggest(name, names)}")
     return cls
 
 

@@ -15,9 +15,13 @@ here, once, before training:
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Mapping
+from typing import Any
 
-from template.config import ConfigError, SchedulerConfig
+from template.config import SchedulerConfig
+from template.errors import ConfigError, describe
 from template.schedules.named import NAMED_SCHEDULES, Formula, build_formula
 
 NAMED_STRATEGIES = ("lambda", "subclass")
@@ -67,3 +71,22 @@ def check_schedule(
                  "Hugging Face's schedules do, so the first update changes nothing")
     return lines
 
+
+
+def trial_steps(schedule: Any, steps: int) -> None:
+    """Step the lr strategy through its first `steps` updates and put it back: an argument its constructor
+    accepted but its first step cannot use (`step_size: null`) is a ConfigError before training, not a
+    traceback at update 1."""
+    saved = copy.deepcopy(schedule.state_dict())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch: a scheduler stepped before any optimizer.step()
+            for step in range(1, steps + 1):
+                schedule.lrs()
+                schedule.advance(step, {})
+    except ConfigError:
+        raise
+    except Exception as exc:  # whatever a strategy raises, it was built from these arguments
+        raise ConfigError("scheduler.kwargs", f"the lr strategy fails at its first updates: {describe(exc)}") from None
+    finally:
+        schedule.load_state_dict(saved)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from template.config import ConfigError, SchedulerConfig
+from template.config import SchedulerConfig
+from template.errors import ConfigError
 from template.registry import Registry
 from template.schedules.base import STRATEGIES
 from template.schedules.expression import ExpressionError, compile_expression

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from template.config import ConfigError, _suggest
+from template.errors import ConfigError, suggest
 from template.registry import Registry
 
 GroupMultiplier = Callable[[int, float], float]  # (scheduler steps taken, the group's base lr) -> lr factor
@@ -90,7 +90,7 @@ def build_formula(name: str, kwargs: Mapping[str, Any]) -> Formula:
     params = inspect.signature(builder).parameters
     for key in kwargs:
         if key not in params:
-            raise ConfigError(f"{KEY}.{key}", f"not an argument of '{name}'{_suggest(key, list(params))}; "
+            raise ConfigError(f"{KEY}.{key}", f"not an argument of '{name}'{suggest(key, list(params))}; "
                                               f"it takes: {', '.join(params)}")
     for param in params.values():
         if param.default is inspect.Parameter.empty and param.name not in kwargs:
@@ -358,7 +358,7 @@ def warmup_stable_decay(
                                                         f"num_training_steps ({t})")
     for key, kind in (("warmup_type", warmup_type), ("decay_type", decay_type)):
         if kind not in SHAPES:
-            raise ConfigError(f"{KEY}.{key}", f"unknown '{kind}'{_suggest(str(kind), SHAPES)}; "
+            raise ConfigError(f"{KEY}.{key}", f"unknown '{kind}'{suggest(str(kind), SHAPES)}; "
                                               f"expected one of {', '.join(SHAPES)}")
     floor = _number("min_lr_ratio", min_lr_ratio, 0.0, 1.0)
     cycles = _number("num_cycles", num_cycles, 0.0, above=True)

@@ -11,7 +11,8 @@
   OSError, as the file system would. The process lives on to handle it.
 
 Only the main process writes trainer.pt and renames, so use it on 1-process runs (or expect rank 0 to
-be the one that dies). Without FT_CRASH the module does nothing.
+be the one that dies). `$FT_CRASH_RANK=<r>` makes only rank r fail an ENOSPC/EROFS/EACCES write (its own
+files; rank 0 writes the model). Without FT_CRASH the module does nothing.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def _crashing_save_state(self: Accelerator, output_dir: str | None = None, *args
 
 def _failing_save_state(self: Accelerator, output_dir: str | None = None, *args, **kwargs):  # type: ignore[no-untyped-def]
     result = _save_state(self, output_dir, *args, **kwargs)
+    only = os.environ.get("FT_CRASH_RANK")
+    if only is not None:
+        if self.process_index == int(only) and output_dir is not None and Path(output_dir).name == TARGET:
+            code = getattr(errno, STAGE)
+            raise OSError(code, os.strerror(code), str(Path(output_dir) / f"random_states_{only}.pkl"))
+        return result
     if (written := _half_written(output_dir)) is not None:
         code = getattr(errno, STAGE)
         raise OSError(code, os.strerror(code), str(written / "optimizer.bin"))

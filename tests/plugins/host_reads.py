@@ -11,6 +11,7 @@ only after log updates (and at setup and the end).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -26,7 +27,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from template.config import DEFAULT_CONFIG, load_config  # noqa: E402
+from template.runtime.distributed import in_package  # noqa: E402
 from template.trainer import train  # noqa: E402
+
+ours = functools.lru_cache(maxsize=None)(in_package)  # a file in the package (its directory, any name)
 
 aten = torch.ops.aten
 READS = {aten._local_scalar_dense.default, aten.equal.default, aten.is_nonzero.default, aten.nonzero.default}
@@ -40,7 +44,7 @@ class HostReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if func in READS:
-            frames = [f for f in traceback.extract_stack() if f"{os.sep}template{os.sep}" in f.filename]
+            frames = [f for f in traceback.extract_stack() if ours(f.filename)]
             where = f"{Path(frames[-1].filename).name}:{frames[-1].name}" if frames else "?"
             self.reads.append({"after_update": self.updates, "op": str(func), "where": where})
         return func(*args, **(kwargs or {}))

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from template.update import UpdateStep
+from template.trainer import UpdateStep
 
 _original = UpdateStep.__call__
 AT = {int(u) for u in (os.environ.get("FT_OVERFLOW_AT") or "").split(",") if u.strip()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from template.update import UpdateStep
+from template.trainer import UpdateStep
 
 _original = UpdateStep.__call__
 PACE_S = float(os.environ.get("FT_PACE_S") or 0)

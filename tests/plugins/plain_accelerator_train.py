@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import template.distributed as distributed  # noqa: E402
+import template.runtime.distributed as distributed  # noqa: E402
 from template.cli import run  # noqa: E402
 from template.trainer import train  # noqa: E402
 

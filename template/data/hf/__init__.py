@@ -1,0 +1,1 @@
+"""Hugging Face `datasets` sources: `hf` (table.py) and `hf_stream` (stream.py), sharing common.py."""

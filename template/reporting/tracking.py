@@ -1,0 +1,249 @@
+"""What a run reports: `metrics.jsonl` rows on rank 0 and, when enabled, the same rows in W&B.
+
+W&B goes through Accelerate's tracker API, and only the main process creates a run: one run per
+training, never one per rank. It runs offline, its files under output_dir, unless the user has an online
+login configured (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a netrc entry for the W&B host);
+`WANDB_MODE` always wins, and `WANDB_PROJECT` / `WANDB_ENTITY` win over `tracking.project` /
+`tracking.entity`. With `tracking.wandb=false` wandb is never imported.
+
+What a dashboard can rely on:
+- every row is logged with `step=` its update number, so W&B's own `_step` is the update counter, and
+  `define_metric` makes `step` the x axis of every chart;
+- the run keeps its id across resumes (the id travels in the checkpoint). A resumed process first
+  re-logs, from metrics.jsonl, the rows up to the checkpoint that this W&B run does not hold yet
+  (`_replay_rows`), then trains on, so each step is logged once and in order:
+  * offline, every process writes its own `offline-run-*` directory and its W&B step starts at 0, so
+    the newest directory holds the whole history 0..N by itself, the updates a killed process ran
+    past its checkpoint with the resumed process's values. Syncing that one directory gives the
+    complete run; merging all of them by `step`, later directory winning, gives the same. (A process
+    killed with SIGKILL leaves only what wandb had flushed, which can be nothing: wandb buffers its
+    file. The replay is what makes that harmless);
+  * online, W&B refuses steps below the last one it holds (it drops them with a warning), so the rows
+    it already holds are not re-sent: past a kill, those updates keep the killed process's rows, whose
+    lr and loss the resumed process reproduces exactly (only samples_per_s differs);
+- the logged and saved config never holds secrets (`template/reporting/redaction.py`), nor does the command line
+  that wandb records with the run's metadata (wandb does not record the environment itself; see
+  `_wandb_settings`).
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import secrets
+import string
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlparse
+
+from accelerate import Accelerator
+
+from template.config import Config
+from template.reporting.redaction import redact, redacted_sys_argv, safe_config
+from template.runtime.rng import preserved_rng
+
+# ------------------------------------------------------------------------------------------------
+# W&B settings
+# ------------------------------------------------------------------------------------------------
+
+
+def _wandb_host() -> str:
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    return urlparse(url if "//" in url else f"https://{url}").hostname or "api.wandb.ai"
+
+
+def _netrc_path() -> Path:
+    if os.environ.get("NETRC"):
+        return Path(os.environ["NETRC"]).expanduser()
+    for name in ("~/.netrc", "~/_netrc"):
+        path = Path(name).expanduser()
+        if path.is_file():
+            return path
+    return Path("~/.netrc").expanduser()
+
+
+def login_configured() -> bool:
+    """Whether wandb would find credentials: the environment, or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    path = _netrc_path()
+    if not path.is_file():
+        return False
+    try:
+        return netrc.netrc(str(path)).authenticators(_wandb_host()) is not None
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode() -> str | None:
+    """Offline unless a login is configured; None lets WANDB_MODE (or the login) decide."""
+    if os.environ.get("WANDB_MODE"):
+        return None
+    return None if login_configured() else "offline"
+
+
+def run_labels(cfg: Config) -> dict[str, Any]:
+    """Run name, group and tags from the config, so dashboards can compare strategies side by side."""
+    s = cfg.scheduler
+    strategy = f"{s.strategy}:{'expression' if s.strategy == 'lambda' and s.expression else s.name}"
+    return redact({
+        "name": cfg.tracking.name or f"{cfg.optimizer.name}-{strategy}-lr{cfg.optimizer.lr:g}-seed{cfg.seed}",
+        "group": cfg.tracking.group or strategy,
+        "tags": [*cfg.tracking.tags, f"strategy:{s.strategy}", f"optimizer:{cfg.optimizer.name}"],
+    })
+
+
+def new_run_id() -> str:
+    """The id of a new run: the sweep agent's (WANDB_RUN_ID) when there is one, else a random one."""
+    alphabet = string.ascii_lowercase + string.digits
+    return os.environ.get("WANDB_RUN_ID") or "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _wandb_settings(wandb: Any) -> Any:
+    """What wandb records besides what we log.
+
+    Measured with wandb 0.31 (offline run files): no environment variables; the command line
+    (`sys.argv`, shown redacted, see `redacted_sys_argv`), program path, host name, OS, Python,
+    executable, CPU/GPU/memory/disk sizes, the git commit and remote (wandb strips a password from
+    the remote URL), pip requirements, and the console output. Job creation (a W&B Launch feature)
+    would read `sys.argv` again at the end of the run, unredacted: it is turned off.
+    """
+    return wandb.Settings(disable_job_creation=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The tracker
+# ------------------------------------------------------------------------------------------------
+
+
+def _replay_rows(path: Path, first: int, last: int) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows for steps first..last, one per step (rows of a step merged, later wins)."""
+    if last < first or not path.is_file():
+        return []
+    merged: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a kill
+        if first <= step <= last:
+            merged.setdefault(step, {}).update(row)
+    return [merged[s] for s in sorted(merged)]
+
+
+class Tracker:
+    """Rank 0 appends one JSON row per logged update; W&B (optional) receives the same row.
+
+    Built before the checkpoint is read (its W&B run id is the checkpoint's `tracker` entry), started after:
+    `start(start_step, images)` opens metrics.jsonl and the W&B run, re-logs what the W&B run lacks up to
+    `start_step` (see the module docstring) and logs `images` (the lr preview, drawn by the trainer) at step 0.
+    """
+
+    def __init__(self, accelerator: Accelerator, cfg: Config) -> None:
+        self.accelerator, self.cfg = accelerator, cfg
+        self.enabled = accelerator.is_main_process
+        self.wandb = cfg.tracking.wandb
+        self.run_id: str | None = None
+        self.wandb_from = 0  # lowest step the W&B run accepts (0 unless an online resume)
+        self._run: Any = None
+        self._file: TextIO | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id = state["run_id"]
+
+    def start(self, start_step: int, images: dict[str, Path] | None = None) -> None:
+        if not self.enabled:
+            return
+        out = Path(self.cfg.output_dir)
+        metrics = out / "metrics.jsonl"
+        replay = _replay_rows(metrics, 1, start_step) if self.wandb and start_step else []
+        self._file = metrics.open("a", encoding="utf-8")
+        if self.wandb:
+            with preserved_rng():  # W&B's setup must not shift the training's random draws
+                self._start_wandb(self.cfg, out, replay, images or {})
+
+    def _start_wandb(self, cfg: Config, out: Path, replay: list[dict[str, Any]], images: dict[str, Path]) -> None:
+        import wandb  # only when enabled
+
+        if self.run_id is None:
+            self.run_id = new_run_id()
+        init: dict[str, Any] = {"dir": str(out), "id": self.run_id, "resume": "allow",
+                                "settings": _wandb_settings(wandb), **run_labels(cfg)}
+        mode = wandb_mode()
+        if mode:
+            init["mode"] = mode
+        entity = os.environ.get("WANDB_ENTITY") or cfg.tracking.entity
+        if entity:
+            init["entity"] = entity
+        project = os.environ.get("WANDB_PROJECT") or cfg.tracking.project
+        with redacted_sys_argv():
+            self.accelerator.init_trackers(project, config=safe_config(cfg), init_kwargs={"wandb": init})
+        self._run = self.accelerator.get_tracker("wandb", unwrap=True)
+        self.run_id = self._run.id  # a sweep agent imposes its own id (wandb ignores ours there)
+        self._run.define_metric("step")
+        self._run.define_metric("*", step_metric="step")
+        # A new or offline run starts at 0; an online resume at the step after the last one W&B holds.
+        self.wandb_from = int(self._run.step or 0)
+        if images and self.wandb_from == 0:
+            self.log_images(images, step=0)
+        for row in replay:
+            self._log_wandb(row)
+
+    def _log_wandb(self, row: dict[str, Any]) -> None:
+        if self._run is not None and row["step"] >= self.wandb_from:
+            self.accelerator.log(row, step=row["step"])
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append `row` (it has `step`) to metrics.jsonl and send it to W&B."""
+        if not self.enabled:
+            return
+        assert self._file is not None
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        self._log_wandb(row)
+
+    def log_images(self, images: dict[str, Path], step: int) -> None:
+        """PNG files as W&B images under `plots/<name>`, at update `step` (0: before training)."""
+        if self._run is None or step < self.wandb_from:
+            return
+        import wandb
+
+        row: dict[str, Any] = {f"plots/{k}": wandb.Image(str(p)) for k, p in images.items() if Path(p).exists()}
+        if row:
+            self.accelerator.log({"step": step, **row}, step=step)
+
+    def close(self, exit_code: int = 0) -> None:
+        """Close metrics.jsonl and finish the W&B run (exit_code 1: shown as failed). Safe to call twice."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._run is not None:
+            # Not accelerator.end_training(): it also destroys the process group, on this rank only,
+            # while the other ranks still have collectives to run.
+            if exit_code:
+                self._run.finish(exit_code=exit_code)
+            else:
+                for tracker in self.accelerator.trackers:
+                    tracker.finish()
+            self.accelerator.trackers.clear()
+            self._run = None
+
+
+def training_row(step: int, lrs: dict[str, float], loss: float, epoch: float, rates: dict[str, float],
+                 grad_norm: Any = None, skipped: int | None = None, samples: int | None = None) -> dict[str, Any]:
+    """One metrics.jsonl row: `lr` is param group 0's lr used by update `step`, `lr/<group>` every group's;
+    `rates` are the throughput keys (samples_per_s, and tokens_per_s / mfu for token models)."""
+    row: dict[str, Any] = {"step": step, "lr": next(iter(lrs.values())), **{f"lr/{k}": v for k, v in lrs.items()},
+                           "loss": loss, "epoch": epoch, **rates}
+    if grad_norm is not None:
+        row["grad_norm"] = float(grad_norm)
+    if skipped is not None:
+        row["skipped_updates"] = skipped
+    if samples is not None:
+        row["samples"] = samples
+    return row

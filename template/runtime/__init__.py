@@ -1,0 +1,1 @@
+"""What a run needs from the machine: processes, checkpoints, locks, signals, memory, compile."""

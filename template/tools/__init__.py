@@ -1,0 +1,1 @@
+"""Tools beside training that reuse its parts: the lr range test."""
