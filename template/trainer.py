@@ -30,6 +30,7 @@ from template.data import TrainData, make_eval_loader
 from template.errors import ConfigError, DriftError, NonFiniteError
 from template.hooks import HookContext, Hooks
 from template.parts import Parts, build_parts
+from template.reporting.memory import PeakMemory
 from template.reporting.redaction import config_yaml, safe_config
 from template.reporting.throughput import Throughput, Window
 from template.reporting.tracking import Tracker, training_row
@@ -253,6 +254,8 @@ def train(cfg: Config) -> dict[str, Any]:
                           (lambda: evaluate(accelerator, model, loss_fn, eval_loader, eval_batches))
                           if eval_loader is not None else None)
         throughput = Throughput(ctx.plain, parts.train_set, t.batch_size, world, t.peak_flops, accelerator.device)
+        memory = PeakMemory(accelerator.device)
+        reduce_max = (lambda x: accelerator.reduce(x, "max")) if world > 1 else None
         last_step = clock.last_step(t.max_samples, t.max_steps)
         loss_feeds_schedule = schedule.needs_metric and schedule.monitor == "train/loss"  # read it every update
         progress = tqdm(total=last_step, initial=start, disable=not (accelerator.is_main_process and t.progress),
@@ -300,13 +303,16 @@ def train(cfg: Config) -> dict[str, Any]:
                 row = training_row(step, lrs, loss_value, data.epochs(step / parts.updates_per_epoch),
                                    throughput.rates(window.updates, window.seconds()), grad_norm,
                                    clock.skipped if t.nonfinite == "skip" or clock.skipped else None, clock.samples)
+                if throughput.tokens_per_sample:  # W&B's alternative x axes: runs of other batches on one chart
+                    row["tokens"] = clock.samples * throughput.tokens_per_sample
+                row.update(memory.window(reduce_max))  # peaks since the last row, the max over ranks
                 if hooks:
                     hooks.on_log(ctx, row)
                 tracker.log(row)
                 progress.set_postfix(loss=f"{loss_value:.4g}", lr=f"{next(iter(lrs.values())):.3g}", refresh=False)
                 window.restart()
             if "eval/loss" in metrics:
-                tracker.log({"step": step, **{k: v for k, v in metrics.items() if k.startswith("eval/")}})
+                tracker.log_eval(step, {k: v for k, v in metrics.items() if k.startswith("eval/")})
             progress.update(1)
 
             # a signal is agreed on by every rank at log updates (a collective under DDP), at every update alone
@@ -331,6 +337,7 @@ def train(cfg: Config) -> dict[str, Any]:
                                    "first_update_s": round(window.first_update_s or 0.0, 3), "compiled": t.compile}
         if stop_reason:
             summary["stopped_early"] = stop_reason
+        summary.update(tracker.run_summary())  # the best eval values and their updates, the peak memory
         summary = write_results(accelerator, cfg, model, hooks, ctx, tracker, summary)
         ran = f", loss {loss_value:.4g}" if math.isfinite(loss_value) else " (no update left to run)"
         evals = "".join(f", {k} {v:.4g}" for k, v in summary.items() if k.startswith("eval/"))

@@ -29,7 +29,8 @@ from template.runtime.checkpoint import checkpoint_root
 from conftest import ROOT, clean_env, launch_command, read_summary, run_here, train_rows
 
 TESTS = Path(__file__).resolve().parent
-WALL_CLOCK_KEYS = frozenset({"samples_per_s", "tokens_per_s", "model_flops_per_s", "mfu"})
+WALL_CLOCK_KEYS = frozenset({"samples_per_s", "tokens_per_s", "model_flops_per_s", "mfu", "memory/max_rss_gb",
+                             "memory/max_allocated_gb", "memory/max_reserved_gb"})  # measurements, not training
 PREPARE = ROOT / "scripts" / "prepare_text.py"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TINY_MODEL = {"vocab_size": 256, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32}

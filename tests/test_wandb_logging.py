@@ -23,7 +23,7 @@ from template.config import load_config
 from template.reporting.redaction import REDACTED, is_secret_name, redact, redact_argv, secret_values
 from template.reporting.tracking import run_labels, wandb_mode
 
-from conftest import ROOT, TRAIN, clean_env, read_metrics, run_train, train_rows
+from conftest import ROOT, TRAIN, clean_env, read_metrics, read_summary, run_train, train_rows
 
 SWEEP = ROOT / "configs" / "sweep.yaml"
 FAST = ("train.log_every=1", "train.progress=false", "train.checkpoint_every=0")
@@ -238,6 +238,16 @@ def test_fresh_run_logs_what_metrics_jsonl_holds(tmp_path):
     # x axis: the update counter, for every chart
     assert {"name": "step", "options": {"defined": True}} in run.metric_definitions
     assert any(d.get("glob_name") == "*" and d.get("step_metric") == "step" for d in run.metric_definitions)
+    # alternative x axes (runs of other batch sizes on one chart), memory in every row, the best eval value
+    defined = {d.get("name") for d in run.metric_definitions}
+    assert {"samples", "epoch"} <= defined
+    assert all(history[s]["memory/max_rss_gb"] > 0 for s in range(1, 41))
+    summary = read_summary(out)
+    evals = {r["step"]: r["eval/loss"] for r in read_metrics(out) if "eval/loss" in r}
+    best_step = min(evals, key=lambda s: evals[s])
+    assert (summary["best/eval/loss"], summary["best/eval/loss_step"]) == (evals[best_step], best_step)
+    assert (run.summary["best/eval/loss"], run.summary["best/eval/loss_step"]) == (evals[best_step], best_step)
+    assert summary["memory/max_rss_gb"] == max(history[s]["memory/max_rss_gb"] for s in range(1, 41))
 
     # images: the lr preview at update 0, the final lr/loss curves at the last update
     assert history[0]["plots/lr_preview"]["_type"] == "image-file"

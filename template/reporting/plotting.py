@@ -32,17 +32,32 @@ def plot_lr_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], 
 
 
 def plot_training_curves(rows: Sequence[Mapping[str, float]], output_dir: str | Path) -> dict[str, Path]:
-    """lr.png and loss.png from the logged training rows (last row per step wins)."""
+    """lr.png and loss.png from the logged rows (last row per step wins); loss.png draws every eval value
+    (eval/loss, eval/loss_ema, ...) over the training loss, with a legend."""
     by_step = {int(r["step"]): r for r in rows if "loss" in r}
+    evals: dict[str, dict[int, float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith("eval/") and "loss" in key:
+                evals.setdefault(key, {})[int(row["step"])] = value
     steps = sorted(by_step)
     out = Path(output_dir)
     paths = {"lr": out / "lr.png", "loss": out / "loss.png"}
     for key, path in paths.items():
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(steps, [by_step[s][key] for s in steps])
+        ax.plot(steps, [by_step[s][key] for s in steps], label="train" if key == "loss" else key)
+        values = [by_step[s][key] for s in steps]
+        if key == "loss":
+            for name, points in sorted(evals.items()):
+                at = sorted(points)
+                label = name.removeprefix("eval/").replace("loss", "eval", 1)  # eval/loss_ema -> eval_ema
+                ax.plot(at, [points[s] for s in at], marker="o", label=label)
+                values += list(points.values())
+            if evals:
+                ax.legend()
         ax.set_xlabel("update")
         ax.set_ylabel(key)
-        if key == "loss" and all(by_step[s][key] > 0 for s in steps):
+        if key == "loss" and all(v > 0 for v in values):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         fig.tight_layout()

@@ -149,12 +149,24 @@ class Tracker:
         self.wandb_from = 0  # lowest step the W&B run accepts (0 unless an online resume)
         self._run: Any = None
         self._file: TextIO | None = None
+        self.best: dict[str, tuple[float, int]] = {}  # eval key -> (lowest value, its update)
+        self.peaks: dict[str, float] = {}  # memory key -> the run's peak so far (this process's)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id}
+        return {"run_id": self.run_id, "best": {k: list(v) for k, v in self.best.items()}, "peaks": self.peaks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.run_id = state["run_id"]
+        self.best = {k: (float(v), int(s)) for k, (v, s) in state["best"].items()}
+        self.peaks = dict(state["peaks"])
+
+    def run_summary(self) -> dict[str, Any]:
+        """For summary.json and the W&B run summary: each eval value's best and its update, the peak memory."""
+        out: dict[str, Any] = {}
+        for key, (value, step) in self.best.items():
+            out[f"best/{key}"], out[f"best/{key}_step"] = value, step
+        out.update(self.peaks)
+        return out
 
     def start(self, start_step: int, images: dict[str, Path] | None = None) -> None:
         if not self.enabled:
@@ -187,6 +199,8 @@ class Tracker:
         self.run_id = self._run.id  # a sweep agent imposes its own id (wandb ignores ours there)
         self._run.define_metric("step")
         self._run.define_metric("*", step_metric="step")
+        for axis in ("samples", "tokens", "epoch"):  # x axes to compare runs of other batch sizes on one chart
+            self._run.define_metric(axis, hidden=False)
         # A new or offline run starts at 0; an online resume at the step after the last one W&B holds.
         self.wandb_from = int(self._run.step or 0)
         if images and self.wandb_from == 0:
@@ -198,8 +212,20 @@ class Tracker:
         if self._run is not None and row["step"] >= self.wandb_from:
             self.accelerator.log(row, step=row["step"])
 
+    def log_eval(self, step: int, values: dict[str, float]) -> None:
+        """An evaluation row; the best (lowest) value of each eval loss and its update go to the run summary."""
+        for key, value in values.items():
+            if "loss" in key and (key not in self.best or value < self.best[key][0]):
+                self.best[key] = (value, step)
+        self.log({"step": step, **values})
+        if self._run is not None:
+            self._run.summary.update(self.run_summary())
+
     def log(self, row: dict[str, Any]) -> None:
         """Append `row` (it has `step`) to metrics.jsonl and send it to W&B."""
+        for key, value in row.items():
+            if key.startswith("memory/"):
+                self.peaks[key] = max(self.peaks.get(key, 0.0), value)
         if not self.enabled:
             return
         assert self._file is not None
