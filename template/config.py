@@ -80,6 +80,14 @@ class SchedulerConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """`train.profile: {start: 20, steps: 5}`: record updates start..start+steps-1 with torch.profiler."""
+
+    start: int = 10
+    steps: int = 5
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 200
     max_samples: int | None = None  # instead of max_steps: the run's length in samples (template/runtime/clock.py)
@@ -100,6 +108,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (template/runtime/compile.py)
     deterministic: bool = False  # deterministic kernels only: a GPU resume is then bit-identical (slower)
     peak_flops: float = 0.0  # one device's peak FLOP/s for MFU; 0: known GPUs' bf16 peak, none on CPU
+    profile: ProfileConfig | None = None  # off; {start, steps}: a torch.profiler trace (reporting/profiling.py)
 
 
 @dataclass
@@ -290,6 +299,12 @@ def validate(cfg: Config) -> None:
         _check(value >= 0, f"train.{key}", f"must be >= 0, got {value}")
     _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}")
+    if t.profile is not None:
+        first, last = t.profile.start, t.profile.start + t.profile.steps - 1
+        _check(first >= 1 and t.profile.steps >= 1, "train.profile",
+               f"start and steps must be >= 1, got start={first}, steps={t.profile.steps}")
+        _check(last <= t.max_steps, "train.profile",
+               f"updates {first}..{last} reach past train.max_steps={t.max_steps}")
     _check(t.peak_flops >= 0, "train.peak_flops", f"must be >= 0 (0: look the device up), got {t.peak_flops}")
     _check(t.clip_grad_norm >= 0, "train.clip_grad_norm", f"must be >= 0 (0 disables), got {t.clip_grad_norm}")
     _check(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")

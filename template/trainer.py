@@ -31,6 +31,7 @@ from template.errors import ConfigError, DriftError, NonFiniteError
 from template.hooks import HookContext, Hooks
 from template.parts import Parts, build_parts
 from template.reporting.memory import PeakMemory
+from template.reporting.profiling import UpdateProfiler
 from template.reporting.redaction import config_yaml, safe_config
 from template.reporting.throughput import Throughput, Window
 from template.reporting.tracking import Tracker, training_row
@@ -255,6 +256,7 @@ def train(cfg: Config) -> dict[str, Any]:
                           if eval_loader is not None else None)
         throughput = Throughput(ctx.plain, parts.train_set, t.batch_size, world, t.peak_flops, accelerator.device)
         memory = PeakMemory(accelerator.device)
+        profiler = UpdateProfiler(t.profile, out, accelerator.process_index, accelerator.is_main_process)
         reduce_max = (lambda x: accelerator.reduce(x, "max")) if world > 1 else None
         last_step = clock.last_step(t.max_samples, t.max_steps)
         loss_feeds_schedule = schedule.needs_metric and schedule.monitor == "train/loss"  # read it every update
@@ -272,6 +274,7 @@ def train(cfg: Config) -> dict[str, Any]:
         preempted = False
         while clock.step < last_step and stop_reason is None:
             step = clock.step + 1
+            profiler.begin(step)  # train.profile's window only
             logging = step % t.log_every == 0 or step == last_step
             lrs = schedule.lrs() if logging else {}  # the lr this update uses: what gets logged for it
             loss, grad_norm, applied = update(data, want_norm=logging and cfg.tracking.log_grad_norm)
@@ -314,6 +317,7 @@ def train(cfg: Config) -> dict[str, Any]:
             if "eval/loss" in metrics:
                 tracker.log_eval(step, {k: v for k, v in metrics.items() if k.startswith("eval/")})
             progress.update(1)
+            tracker.attach(profiler.end(step))  # the traces, into the W&B run
 
             # a signal is agreed on by every rank at log updates (a collective under DDP), at every update alone
             preempted = (world == 1 or logging) and stop.agreed(accelerator)

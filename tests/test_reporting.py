@@ -11,7 +11,7 @@ from template.reporting.memory import PeakMemory
 from template.reporting.plotting import plot_training_curves
 
 from conftest import ROOT, read_metrics, read_summary
-from harness import train_here
+from harness import comparable_rows, train_here
 
 
 def test_the_peak_of_a_window_is_reset_after_each_row():
@@ -55,3 +55,25 @@ def test_every_row_carries_peak_memory_and_the_summary_the_final_and_best_values
     assert summary["loss"] == rows[-1]["loss"] and summary["eval/loss"] == evals[40]
     assert f"done: update 40, loss {rows[-1]['loss']:.4g}, eval/loss {evals[40]:.4g}" in stdout
     assert json.loads((out / "summary.json").read_text())["step"] == 40
+
+
+PROFILED = ("--config", str(ROOT / "configs" / "default.yaml"), "train.max_steps=8", "train.eval_every=4",
+            "scheduler.kwargs.warmup_steps=2", "train.progress=false", "tracking.wandb=false", "train.plots=false",
+            "train.log_every=1")
+
+
+def test_a_profiled_window_writes_a_trace_prints_the_top_ops_and_changes_nothing(tmp_path):
+    plain, profiled = tmp_path / "plain", tmp_path / "profiled"
+    train_here(PROFILED, plain)
+    stdout, _ = train_here((*PROFILED, "train.profile={start: 3, steps: 3}"), profiled)
+    assert stdout.count("profile of updates 3..5 (rank 0") == 1 and "Self CPU" in stdout
+    traces = list((profiled / "profile").glob("rank0.*.pt.trace.json"))
+    assert len(traces) == 1 and json.loads(traces[0].read_text())["traceEvents"]
+    assert read_summary(profiled)["param_digest"] == read_summary(plain)["param_digest"]  # observation only
+    assert comparable_rows(profiled) == comparable_rows(plain)
+
+
+def test_a_profile_window_past_the_run_is_one_error_line(tmp_path):
+    _, stderr = train_here((*PROFILED, "train.profile={start: 6, steps: 5}"), tmp_path / "o", expect=2)
+    assert stderr.strip() == "error: train.profile: updates 6..10 reach past train.max_steps=8"
+    assert not (tmp_path / "o").exists()

@@ -222,7 +222,8 @@ def test_fresh_run_logs_what_metrics_jsonl_holds(tmp_path):
     del env["WANDB_MODE"]
     out = tmp_path / "run"
     groups = "optimizer.groups=[{name: head, params: ['net.4.*'], lr: 0.05}]"
-    args = (f"output_dir={out}", *FAST, "train.max_steps=40", "train.eval_every=20", "tracking.tags=[e2e]", groups)
+    args = (f"output_dir={out}", *FAST, "train.max_steps=40", "train.eval_every=20", "tracking.tags=[e2e]", groups,
+            "train.profile={start: 3, steps: 2}")
     run_train(*args, env=env)
     runs = segments(out)
     assert len(runs) == 1
@@ -253,6 +254,8 @@ def test_fresh_run_logs_what_metrics_jsonl_holds(tmp_path):
     assert history[0]["plots/lr_preview"]["_type"] == "image-file"
     assert {history[40]["plots/lr"]["_type"], history[40]["plots/loss"]["_type"]} == {"image-file"}
     assert len([f for f in run.files if f.startswith("media/images/plots/")]) == 3
+    assert [f for f in run.files if f.startswith("profile/")] == [  # the profiler's trace, saved with the run
+        str(p.relative_to(out)) for p in (out / "profile").glob("rank0.*.pt.trace.json")]
     preview = preview_lr_curves(load_config(None, list(args)))
     rows = train_rows(out)
     for group in ("head", "default"):

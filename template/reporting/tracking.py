@@ -233,6 +233,13 @@ class Tracker:
         self._file.flush()
         self._log_wandb(row)
 
+    def attach(self, files: list[Path]) -> None:
+        """Files (profiler traces) saved with the W&B run, under their path relative to output_dir."""
+        if self._run is None or not files:
+            return
+        for path in files:
+            self._run.save(str(path), base_path=self.cfg.output_dir, policy="now")
+
     def log_images(self, images: dict[str, Path], step: int) -> None:
         """PNG files as W&B images under `plots/<name>`, at update `step` (0: before training)."""
         if self._run is None or step < self.wandb_from:
