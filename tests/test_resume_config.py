@@ -58,10 +58,12 @@ def test_allowed_changes_are_named_in_one_line_and_each_resume_keeps_its_config(
         (out / path).parent.mkdir(parents=True, exist_ok=True)
         (out / path).write_bytes(data)
     first = (out / "config.yaml").read_text()
-    longer = ("train.max_steps=30", "scheduler.kwargs.total_steps=20", "train.log_every=5")
+    longer = ("train.max_steps=30", "scheduler.kwargs.total_steps=20", "train.log_every=5",
+              "train.profile={start: 22, steps: 2}")
     stdout, _ = train_here((*BASE, *longer), out)
     notes = [line for line in stdout.splitlines() if "changed settings" in line]
-    assert notes == ["note: resuming with changed settings: train.log_every 10 -> 5, train.max_steps 20 -> 30"]
+    assert notes == ["note: resuming with changed settings: train.log_every 10 -> 5, train.max_steps 20 -> 30, "
+                     "train.profile None -> {'start': 22, 'steps': 2}"]
     assert "resumed from" in stdout and "done: update 30" in stdout
     assert (out / "config.yaml").read_text() == first  # still the config the first 20 updates ran with
     assert "log_every: 5" in (out / "config.resumed-00000020.yaml").read_text()

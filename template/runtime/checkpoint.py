@@ -341,7 +341,7 @@ RESUME_MAY_CHANGE = (
     "train.max_samples", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
     "train.keep_checkpoints", "train.resume", "train.progress", "train.plots", "train.keep_freed_memory",
     "train.compile", "train.deterministic", "train.peak_flops", "train.nonfinite", "train.mixed_precision",
-    "train.clip_grad_norm", "train.grad_accum_steps",
+    "train.clip_grad_norm", "train.grad_accum_steps", "train.profile",
 )
 
 
@@ -352,6 +352,14 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flat(value, f"{prefix}{key}."))
         return out or {prefix[:-1]: {}}
     return {prefix[:-1]: tree}
+
+
+def _get(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return "<unset>"
+        tree = tree[part]
+    return tree
 
 
 def _may_change(key: str) -> bool:
@@ -379,7 +387,9 @@ def resume_changes(config: dict[str, Any], candidates: list[Path]) -> list[str]:
     same_clock = old.get("scheduler.clock") == new.get("scheduler.clock") == "samples"
     notes = []
     for key in changed:
-        before, after = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if any(key.startswith(other + ".") for other in changed):  # a section that was null on one side
+            continue
+        before, after = _get(saved, key), _get(config, key)
         if key in ("output_dir", "train.resume"):  # where the run is and how it was found: not news
             continue
         effective = old.get("scheduler.reference_batch") or old.get("train.batch_size")  # what the lr clock counts
