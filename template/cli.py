@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -51,10 +52,6 @@ def fail(message: str, status: int = 2) -> NoReturn:
 
 def config_sections() -> str:
     """The config's sections and top-level keys, for --help: what can be set, and where the schema says more."""
-    import dataclasses
-
-    from template.config import Config
-
     lines = ["config sections (each key settable as section.key=value):"]
     for f in dataclasses.fields(Config):
         kind = f.default_factory if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]

@@ -44,8 +44,7 @@ class TrainData:
         self.dataset, self.global_batch, self.accum, self.world, self.rank = dataset, global_batch, accum, world, rank
         self.seed, self.num_workers, self.pin_memory = seed, num_workers, pin_memory
         self.stream = dataset if isinstance(dataset, StreamingData) else None
-        self._stream_state: dict[str, Any] | None = None
-        self._resumed = False
+        self._stream_state: dict[str, Any] | None = None  # a checkpoint's stream position, if resumed
         self._micro = 0  # micro-batches handed out since the position was set
         self._batches: Iterator[Any] | None = None
         self.sampler: GlobalBatchSampler | None = None
@@ -69,18 +68,23 @@ class TrainData:
     def _start(self) -> Iterator[Any]:
         if self.stream is not None:
             return self.stream.batches(self.global_batch, self.accum, self.world, self.rank, self.num_workers,
-                                       self.pin_memory, int(self._resumed), self._stream_state)
+                                       self.pin_memory, int(self._stream_state is not None), self._stream_state)
         assert self.sampler is not None
         epoch, offset = self.sampler.start_position
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 65_537 + offset)
         return iter(make_loader(self.dataset, self.sampler, self.num_workers, self.pin_memory, generator))
+
+    def _position(self) -> tuple[int, int]:
+        """(epoch, sample offset) after the updates whose micro-batches were handed out (map-style data)."""
+        assert self.sampler is not None
+        return self.sampler.position(self._micro // self.accum)
 
     def epochs(self, stand_in: float) -> float:
         """Epochs of data consumed so far (the `epoch` column), exact across a change of batch on resume;
         a stream, whose pass length is unknown, reports `stand_in`."""
         if self.sampler is None:
             return stand_in
-        epoch, offset = self.sampler.position(self._micro // self.accum)
+        epoch, offset = self._position()
         per_epoch = self.sampler.updates_per_epoch * self.global_batch
         return (epoch * per_epoch + offset) / per_epoch
 
@@ -88,11 +92,9 @@ class TrainData:
         """The position after the updates whose micro-batches were handed out."""
         if self.stream is not None:
             return {"stream": self.stream.state_dict()}
-        assert self.sampler is not None
-        return {"position": list(self.sampler.position(self._micro // self.accum))}
+        return {"position": list(self._position())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resumed = True
         if self.stream is not None:
             if "stream" not in state:
                 raise ConfigError("train.resume", "the checkpoint holds no stream position (it was written by a run "

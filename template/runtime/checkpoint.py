@@ -3,9 +3,10 @@
 What a checkpoint carries is the `Checkpointer`'s mapping, built by the trainer: the model and optimizer
 (and fp16's GradScaler) through Accelerate's `save_state`, which knows how to gather or shard them; then
 every other entry by name (lr strategy, clock, data position, hooks, tracker run id) in `trainer.pt`, written
-by rank 0; and the per-rank entries (every RNG) in `rank_<r>.pt`, one file per rank. Save and load walk the
-same mapping, so they cannot drift apart: adding state to a run is adding one entry. Each entry only needs
-`state_dict()` and `load_state_dict()` returning and taking plain data and tensors.
+by rank 0 beside `config.json` (the run's resolved config, which a resume compares with its own); and the
+per-rank entries (every RNG) in `rank_<r>.pt`, one file per rank. Save and load walk the same mapping, so
+they cannot drift apart: adding state to a run is adding one entry. Each entry only needs `state_dict()` and
+`load_state_dict()` returning and taking plain data and tensors.
 
 Everything is written into a hidden temporary directory and renamed into place only once complete, so a kill
 mid-write leaves at most a `.tmp-*` to ignore. All files load with `weights_only=True`.
@@ -35,6 +36,7 @@ from template.runtime.distributed import any_rank, plain_model
 
 TRAINER_STATE = "trainer.pt"  # the shared entries, written last: a directory without it is incomplete
 RANK_STATE = "rank_{}.pt"  # the per-rank entries of rank {}
+RUN_CONFIG = "config.json"  # the resolved config the weights were trained with: what a resume compares against
 CHECKSUMS = "checksums.json"  # sha256 of every other file, written with trainer.pt: a damaged file is found
 CHUNK = 8 << 20
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -132,7 +134,7 @@ def _write_phase(accelerator: Accelerator, tmp: Path, write: Callable[[], object
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, trainer_state: dict[str, Any],
-                    keep: int, rank_state: dict[str, Any] | None = None) -> Path:
+                    keep: int, rank_state: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> Path:
     """Write checkpoint `step` atomically on all ranks (collective), then keep only the newest `keep`.
 
     Raises CheckpointWriteError on every rank if any rank cannot write its part; nothing older is touched
@@ -149,6 +151,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
 
     def complete() -> None:
         if accelerator.is_main_process:
+            if config is not None:  # a small file of its own: preflight reads it without loading the state
+                (tmp / RUN_CONFIG).write_text(json.dumps(config, indent=1) + "\n")
             torch.save(trainer_state, tmp / TRAINER_STATE)
             write_checksums(tmp)
             if final.exists():
@@ -249,10 +253,9 @@ class Checkpointer:
     def save(self, step: int) -> Path:
         """Write checkpoint `step` on every rank (a collective); see `save_checkpoint`."""
         nonfinite.assert_finite(self.model)
-        state = {"step": step, "config": self.config,
-                 **{name: entry.state_dict() for name, entry in self.shared.items()}}
+        state = {"step": step, **{name: entry.state_dict() for name, entry in self.shared.items()}}
         local = {name: entry.state_dict() for name, entry in self.per_rank.items()}
-        return save_checkpoint(self.accelerator, self.output_dir, step, state, self.keep, local)
+        return save_checkpoint(self.accelerator, self.output_dir, step, state, self.keep, local, self.config)
 
     def load(self, candidates: list[Path]) -> int:
         """Restore the first candidate that loads (none: a fresh run) and return its update, 0 if fresh."""
@@ -376,15 +379,16 @@ def resume_changes(config: dict[str, Any], candidates: list[Path]) -> list[str]:
     saved: dict[str, Any] | None = None
     for path in candidates:
         try:
-            saved = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)["config"]
+            saved = json.loads((path / RUN_CONFIG).read_text())
             break
-        except Exception:  # damaged or unreadable: load_checkpoint reports it; compare with the next one
+        except (OSError, ValueError):  # damaged or unreadable: load_checkpoint reports it; compare with the next
             continue
     if saved is None:
         return []
     old, new = _flat(saved), _flat(config)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>"))
     same_clock = old.get("scheduler.clock") == new.get("scheduler.clock") == "samples"
+    reference = old.get("scheduler.reference_batch") or old.get("train.batch_size")  # what the lr clock counted
     notes = []
     for key in changed:
         if any(key.startswith(other + ".") for other in changed):  # a section that was null on one side
@@ -392,8 +396,7 @@ def resume_changes(config: dict[str, Any], candidates: list[Path]) -> list[str]:
         before, after = _get(saved, key), _get(config, key)
         if key in ("output_dir", "train.resume"):  # where the run is and how it was found: not news
             continue
-        effective = old.get("scheduler.reference_batch") or old.get("train.batch_size")  # what the lr clock counts
-        same_reference = key == "scheduler.reference_batch" and after in (None, effective)
+        same_reference = key == "scheduler.reference_batch" and after in (None, reference)
         if _may_change(key) or (key == "train.batch_size" and same_clock) or same_reference:
             notes.append(f"{key} {before!r} -> {after!r}")
             continue
