@@ -4,7 +4,7 @@
 # Runs the tests marked `gpu` (tests/test_gpu.py: bf16/fp16 with the fp32 lr column, fp16 overflow skipped
 # without advancing the schedule, no host-device sync on updates that do not log, compile on and off,
 # bit-identical resume with deterministic kernels; with 2+ GPUs NCCL runs, the lr column of 1 GPU, SIGTERM
-# agreement, FSDP2 through Accelerate), prints one PASS/FAIL line per check and a summary, writes
+# agreement, FSDP2 sharding (one GPU: bf16 + resume, tokens/s against DDP; two GPUs)), prints one PASS/FAIL line per check and a summary, writes
 # OUT_DIR/gpu_check.json (default runs/gpu_check), exits non-zero on any failure. Then, time allowing,
 # the benchmark on the GPU (trainer vs hand-written loops, tokens/s and MFU for the GPT) into the same dir.
 # Budget: about 8 minutes on one GPU. On a machine without CUDA it says so and exits 0.
@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 
 WORKERS="${GPU_CHECK_WORKERS:-0}"  # several pytest workers share the GPU well (the tests' models are small)
 DIST=(); [ "$WORKERS" != "0" ] && DIST=(--dist load)
-timeout "${GPU_CHECK_TEST_S:-420}" "$PY" -m pytest -m gpu tests/test_gpu.py tests/test_fsdp.py -n "$WORKERS" "${DIST[@]}" -p no:cacheprovider \
+timeout "${GPU_CHECK_TEST_S:-420}" "$PY" -m pytest -m gpu tests/test_gpu.py -n "$WORKERS" "${DIST[@]}" -p no:cacheprovider \
     -q -rA --junitxml="$OUT/junit.xml" > "$OUT/pytest.log" 2>&1
 status=$?
 
@@ -45,10 +45,12 @@ if junit.exists():
                 break
         else:
             reason = ""
+        measured = {p.get("name"): p.get("value") for p in case.iter("property")}  # record_property's numbers
         checks.append({"check": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)),
-                       "reason": reason})
+                       "reason": reason, **({"measured": measured} if measured else {})})
 for c in checks:
-    print(f"{c['outcome']} {c['check']} ({c['seconds']:.1f} s){' - ' + c['reason'] if c['reason'] else ''}")
+    print(f"{c['outcome']} {c['check']} ({c['seconds']:.1f} s){' - ' + c['reason'] if c['reason'] else ''}"
+          f"{' ' + json.dumps(c['measured']) if c.get('measured') else ''}")
 counts = {k: sum(c["outcome"] == k for c in checks) for k in ("PASS", "FAIL", "SKIP")}
 timed_out = status == 124
 ok = status in (0, 5) and counts["FAIL"] == 0 and counts["PASS"] > 0 and not timed_out

@@ -116,6 +116,8 @@ class DistributedConfig:
     sync_check_every: int = 100
     sync_check_action: str = "error"
     timeout_s: float = 600.0  # the longest a rank waits in a collective (a stuck peer) before the job fails
+    shard: str = "none"  # fsdp2: parameters, gradients and optimizer state sharded (template/runtime/sharding.py)
+    shard_units: list[str] = field(default_factory=list)  # module name globs sharded one by one; []: the model's
 
 
 @dataclass
@@ -159,6 +161,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.nonfinite": ("stop", "skip"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "distributed.sync_check_action": ("error", "resync"),
+    "distributed.shard": ("none", "fsdp2"),
 }
 
 

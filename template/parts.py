@@ -34,6 +34,7 @@ class Parts:
     hooks: Hooks
     notes: list[str] = field(default_factory=list)  # warnings about the config, printed once before training
     resume_changes: list[str] = field(default_factory=list)  # allowed changes since the checkpoint
+    shard_units: list[tuple[str, nn.Module]] = field(default_factory=list)  # distributed.shard's units, by name
 
 
 def import_plugins(cfg: Config) -> None:

@@ -30,12 +30,12 @@ from template.data import TrainData, make_eval_loader
 from template.errors import ConfigError, DriftError, NonFiniteError
 from template.hooks import HookContext, Hooks
 from template.parts import Parts, build_parts
-from template.reporting.memory import PeakMemory
+from template.reporting.memory import PeakMemory, per_rank
 from template.reporting.profiling import UpdateProfiler
 from template.reporting.redaction import config_yaml, safe_config
 from template.reporting.throughput import Throughput, Window
 from template.reporting.tracking import Tracker, training_row
-from template.runtime import checkpoint, host_memory, nonfinite
+from template.runtime import checkpoint, host_memory, nonfinite, sharding
 from template.runtime.checkpoint import Checkpointer
 from template.runtime.clock import Clock
 from template.runtime.compile import check_compile, compile_model
@@ -83,9 +83,12 @@ class UpdateStep:
         self._autocast = accelerator.autocast if accelerator.native_amp else lambda: NO_CONTEXT
         self._params = list(model.parameters())
         self._scaled = accelerator.scaler is not None
+        self.sharded = sharding.is_sharded(model)
 
     def grad_norm(self, max_norm: float) -> torch.Tensor:
         """Clip to `max_norm` and return the total norm (max_norm=inf: the norm only, grads x 1.0)."""
+        if self.sharded:
+            return sharding.clip_grad_norm(self._params, max_norm)
         if self._direct:
             return torch.nn.utils.clip_grad_norm_(self._params, max_norm)
         return self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -97,8 +100,12 @@ class UpdateStep:
             x, y = next(batches)
             if self._move:
                 x, y = (t.to(self.device, non_blocking=self.non_blocking) for t in (x, y))
-            # gradients are all-reduced once per update, on the last micro-batch
-            sync = NO_CONTEXT if micro == self.accum - 1 else self.accelerator.no_sync(self.model)
+            # gradients are all-reduced (reduce-scattered, sharded) once per update, on the last micro-batch
+            if self.sharded:
+                sharding.set_gradient_sync(self.model, micro == self.accum - 1)
+                sync = NO_CONTEXT
+            else:
+                sync = NO_CONTEXT if micro == self.accum - 1 else self.accelerator.no_sync(self.model)
             with sync, self._autocast():
                 loss = self.loss_fn(self.model(x), y)
                 if self.accum > 1:
@@ -106,6 +113,8 @@ class UpdateStep:
             self._backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
         assert total is not None
+        # sharded gradients: the skip decision needs the norm over every shard, which clipping computes
+        want_norm = want_norm or (self.sharded and self.skip_nonfinite)
         norm = self.grad_norm(self.clip or math.inf) if self.clip or want_norm else None
         # fp16's GradScaler already skips a non-finite update, and must be the one to (its scale has to update)
         applied = self._scaled or not self.skip_nonfinite or nonfinite.gradients_finite(self.model, norm)
@@ -125,6 +134,8 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loss_fn: nn.Module, loa
         with accelerator.autocast():
             totals[0] += loss_fn(model(x), y).double() * len(x)
         totals[1] += len(x)
+    if sharding.is_sharded(model):
+        sharding.reshard(model)
     model.train()
     totals = accelerator.reduce(totals, "sum")
     return (totals[0] / totals[1]).item()
@@ -155,12 +166,17 @@ def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = No
     # a refused change: error, nothing loaded; an allowed one: said in one line at resume
     parts.resume_changes = checkpoint.resume_changes(safe_config(cfg), resume_from)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.distributed.shard == "fsdp2" and t.mixed_precision == "fp16":
+        raise ConfigError("train.mixed_precision", "fp16's GradScaler does not work on FSDP2's sharded gradients; "
+                                                   "use bf16 (FSDP2 keeps fp32 weights and reduces in fp32)")
     if t.mixed_precision == "fp16" and device.type != "cuda":
         # Accelerate would accept it and silently train in fp32: no GradScaler, no fp16 autocast off CUDA
         raise ConfigError("train.mixed_precision", f"fp16 needs a CUDA device (this run is on {device.type}); "
                                                    "use bf16, or no")
     if t.compile:
         check_compile(device)
+    if cfg.distributed.shard == "fsdp2":
+        parts.shard_units = sharding.shard_units(parts.model, cfg.distributed.shard_units)
     return parts, resume_from
 
 
@@ -221,9 +237,15 @@ def train(cfg: Config) -> dict[str, Any]:
     # bar and the tracker are given back, so a process that calls train() again starts clean.
     with lock_output_dir(accelerator, out), contextlib.ExitStack() as held:
         # ---- setup: the parts on their devices, then the checkpoint's state over them ----
-        model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
-        if t.compile:
-            compile_model(model)  # in place: names stay plain for checkpoints and digests
+        if cfg.distributed.shard == "fsdp2":  # compile per unit, then shard: the trainer's own FSDP2, on any device
+            held.callback(sharding.own_process_group(accelerator.device))
+            model = sharding.shard_model(parts.model, parts.shard_units, parts.optimizer, accelerator.device,
+                                         t.mixed_precision, compile_units=t.compile)
+            optimizer = accelerator.prepare(parts.optimizer)
+        else:
+            model, optimizer = accelerator.prepare(parts.model, parts.optimizer)
+            if t.compile:
+                compile_model(model)  # in place: names stay plain for checkpoints and digests
         loss_fn, schedule, hooks = parts.loss_fn.to(accelerator.device), parts.schedule, parts.hooks
         clock = Clock.from_config(cfg)
         data = TrainData(parts.train_set, t.batch_size, t.grad_accum_steps, world, accelerator.process_index,
@@ -233,7 +255,8 @@ def train(cfg: Config) -> dict[str, Any]:
         checkpointer = Checkpointer(accelerator, out, t.keep_checkpoints, model, safe_config(cfg),
                                     shared={"schedule": schedule, "clock": clock, "data": data, "hooks": hooks,
                                             "tracker": tracker},
-                                    per_rank={"rng": RNGState()})
+                                    per_rank={"rng": RNGState()},
+                                    sharded_optimizer=optimizer.optimizer if sharding.is_sharded(model) else None)
         start = checkpointer.load(resume_from)
         if accelerator.is_main_process:  # each resume's config apart: config.yaml describes the first process
             out.mkdir(parents=True, exist_ok=True)
@@ -342,6 +365,7 @@ def train(cfg: Config) -> dict[str, Any]:
         if stop_reason:
             summary["stopped_early"] = stop_reason
         summary.update(tracker.run_summary())  # the best eval values and their updates, the peak memory
+        summary.update(per_rank(memory, sharding.local_bytes(model, optimizer)))  # what each rank holds
         summary = write_results(accelerator, cfg, model, hooks, ctx, tracker, summary)
         ran = f", loss {loss_value:.4g}" if math.isfinite(loss_value) else " (no update left to run)"
         evals = "".join(f", {k} {v:.4g}" for k, v in summary.items() if k.startswith("eval/"))
@@ -363,9 +387,9 @@ def write_results(accelerator: Accelerator, cfg: Config, model: nn.Module, hooks
     if drifted is None:
         hooks.on_end(ctx, summary)
     full: dict[str, torch.Tensor] | None = None
-    if accelerator.distributed_type == DistributedType.FSDP and drifted is None:  # sharded: every rank checks
-        nonfinite.assert_finite(unwrapped)                      # and gathers; the full tensors land on rank 0
-        full = accelerator.get_state_dict(model)
+    if sharding.is_sharded(model) and drifted is None:  # sharded: every rank checks its shards and gathers; the
+        nonfinite.assert_finite(unwrapped)              # full tensors land on rank 0
+        full = sharding.full_state_dict(model)
     if accelerator.is_main_process:
         if drifted is None:
             if full is None:

@@ -148,6 +148,30 @@ def test_nccl_with_one_process_gives_the_plain_runs_lr_column_and_weights(tmp_pa
     assert losses(tmp_path / "nccl") == pytest.approx(losses(tmp_path / "plain"), rel=1e-4, abs=1e-6)
 
 
+@needs_gpu
+def test_sharded_on_one_gpu_in_bf16_resumes_exactly_and_is_timed_against_ddp(tmp_path, corpus, record_property):
+    """distributed.shard=fsdp2 on one GPU (world size 1, NCCL): bf16 parameters with fp32 gradient reduction
+    (FSDP2's MixedPrecisionPolicy), killed and resumed bit-identically with deterministic kernels; its tokens/s
+    beside the unsharded run's on the same GPU (recorded in the report)."""
+    args = (*tiny_args(corpus, 40, "train.mixed_precision=bf16", "train.checkpoint_every=10",
+                       "train.deterministic=true"), "imports=[plugins.pace]")
+    run_train(*args, f"output_dir={tmp_path / 'ddp'}", env=plugin_env())
+    reference = tmp_path / "sharded"
+    run_train(*args, "distributed.shard=fsdp2", f"output_dir={reference}", env=plugin_env())
+    assert lrs(reference) == lrs(tmp_path / "ddp")
+    out = tmp_path / "killed"
+    run = Launched((*args, "distributed.shard=fsdp2"), out, FT_PACE_S="0.05")
+    wait_for_step(run, 15)
+    run.kill_group()
+    run.finish()
+    rc, stdout, stderr = Launched((*args, "distributed.shard=fsdp2"), out).finish(timeout=300)
+    assert rc == 0 and "resumed from" in stdout, stderr[-3000:]
+    assert_same_training(reference, out)
+    for name in ("ddp", "sharded"):
+        rates = [r["tokens_per_s"] for s, r in train_rows(tmp_path / name).items() if s > 10 and "tokens_per_s" in r]
+        record_property(f"tokens_per_s_{name}", round(sorted(rates)[len(rates) // 2]))
+
+
 # ------------------------------------------------------------------------------------------------
 # two GPUs, NCCL
 # ------------------------------------------------------------------------------------------------
@@ -162,6 +186,18 @@ def test_two_gpus_give_the_one_gpu_lr_column_and_equal_replicas(tmp_path):
     summary = read_summary(tmp_path / "two")
     assert summary["world_size"] == 2 and len(set(summary["replica_digests"])) == 1
     assert lrs(tmp_path / "two") == lrs(tmp_path / "one")
+
+
+@needs_two
+def test_two_sharded_gpus_give_the_one_gpu_lr_column_and_close_weights(tmp_path, corpus):
+    args = tiny_args(corpus, 24, "train.mixed_precision=bf16")
+    run_train(*args, f"output_dir={tmp_path / 'one'}")
+    run_train(*args, "distributed.shard=fsdp2", f"output_dir={tmp_path / 'two'}", launcher="accelerate", nproc=2,
+              timeout=600)
+    summary = read_summary(tmp_path / "two")
+    assert (summary["world_size"], summary["backend"]) == (2, "nccl") and len(set(summary["replica_digests"])) == 1
+    assert lrs(tmp_path / "two") == lrs(tmp_path / "one")
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=2e-2)
 
 
 @needs_two

@@ -5,8 +5,9 @@ or after `start` copies the weights). It is computed on every rank from weights 
 so the replicas' EMAs are equal too (summary.json: `ema_digest`, and `ema_replica_digests` from every
 rank). At each evaluation the EMA weights are swapped in and evaluated (`eval/loss_ema` beside
 `eval/loss`); at the end they are written to `model_ema.safetensors` under the model's own names. Its
-tensors travel in the checkpoint, so a resumed run continues the same average. Under FSDP the weights
-are sharded: not supported (an error).
+tensors travel in the checkpoint, so a resumed run continues the same average. Sharded
+(`distributed.shard: fsdp2`), each rank keeps the shadow of its own shards (DTensors like the parameters),
+the checkpoint writes them with the model's shards, and the end gathers the full EMA weights to write them.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType, gather_object
+from accelerate.utils import gather_object
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from template.hooks.base import HOOKS, Hook, HookContext
 from template.runtime.distributed import param_digest
+from template.runtime.sharding import full_state_dict, is_sharded
 
 
 @HOOKS.register("ema")
@@ -32,9 +35,13 @@ class EMA(Hook):
         self.updates = 0  # EMA updates made so far
 
     def _params(self, ctx: HookContext) -> dict[str, torch.Tensor]:
-        if ctx.accelerator.distributed_type == DistributedType.FSDP:
-            raise RuntimeError("the ema hook needs unsharded weights; FSDP shards them")
-        return {name: p for name, p in ctx.plain.named_parameters() if p.requires_grad}
+        params: dict[str, torch.Tensor] = {name: p for name, p in ctx.plain.named_parameters() if p.requires_grad}
+        for name, value in self.shadow.items():  # full tensors (from an unsharded run's checkpoint), now sharded
+            param = params[name]
+            if isinstance(param, DTensor) and not isinstance(value, DTensor):
+                self.shadow[name] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements,
+                                                      src_data_rank=None)
+        return params
 
     @torch.no_grad()
     def after_update(self, ctx: HookContext) -> None:
@@ -87,12 +94,13 @@ class EMA(Hook):
         try:
             digests = list(gather_object([param_digest(ctx.plain)]))  # every rank's EMA: equal replicas
             summary["ema_digest"], summary["ema_replica_digests"] = digests[ctx.accelerator.process_index], digests
+            weights = full_state_dict(ctx.model) if is_sharded(ctx.model) else ctx.plain.state_dict()  # a collective
             if ctx.is_main_process:
                 from safetensors.torch import save_file
 
                 from template.runtime.checkpoint import untied
 
-                save_file(untied(ctx.plain.state_dict()), str(ctx.output_dir / "model_ema.safetensors"))
+                save_file(untied(weights), str(ctx.output_dir / "model_ema.safetensors"))
         finally:
             self.restore(ctx, saved)
         summary["ema_updates"] = self.updates

@@ -118,6 +118,10 @@ class GPT(nn.Module):
                 x = block(x)
         return self.lm_head(trunk.ln_f(x))
 
+    def shard_units(self) -> list[nn.Module]:
+        """What `distributed.shard: fsdp2` shards one by one: the blocks (the root keeps embeddings and head)."""
+        return list(self.transformer.h)
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters counted once (the tied head is the token embedding); position embeddings left out,
         as in nanoGPT and the PaLM MFU formula, since they cost no matmul FLOPs."""

@@ -37,6 +37,7 @@ class PeakMemory:
         self.cuda = device.type == "cuda"
         self.device = device
         self.resettable = not self.cuda and CLEAR_REFS.exists() and _vm_hwm_bytes() is not None
+        self.run_peak: dict[str, float] = {}  # this rank's own peaks over the run's windows
         self.reset()
 
     def reset(self) -> None:
@@ -58,8 +59,19 @@ class PeakMemory:
             if hwm is None:  # ru_maxrss: kB on Linux, bytes on macOS
                 hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
             peaks = {"memory/max_rss_gb": hwm / GB}
+        for key, value in peaks.items():
+            self.run_peak[key] = max(self.run_peak.get(key, 0.0), value)
         self.reset()
         if reduce_max is not None:
             values = reduce_max(torch.tensor(list(peaks.values()), dtype=torch.float64, device=self.device)).tolist()
             peaks = dict(zip(peaks, values, strict=True))
         return peaks
+
+
+def per_rank(memory: PeakMemory, state_bytes: int) -> dict[str, list[float]]:
+    """Each rank's run peak and the bytes it holds of parameters and optimizer state (its shards when
+    sharded: about 1/N of the whole), in rank order: a collective, every rank gets the same lists."""
+    from accelerate.utils import gather_object
+
+    rows = gather_object([{**memory.run_peak, "memory/state_bytes": state_bytes}])
+    return {f"{key}_per_rank": [row.get(key, 0) for row in rows] for key in rows[0]}

@@ -31,7 +31,7 @@ from safetensors import safe_open
 from torch import nn
 
 from template.errors import CheckpointWriteError, ConfigError, describe
-from template.runtime import nonfinite
+from template.runtime import nonfinite, sharding
 from template.runtime.distributed import any_rank, plain_model
 
 TRAINER_STATE = "trainer.pt"  # the shared entries, written last: a directory without it is incomplete
@@ -134,8 +134,10 @@ def _write_phase(accelerator: Accelerator, tmp: Path, write: Callable[[], object
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, trainer_state: dict[str, Any],
-                    keep: int, rank_state: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> Path:
+                    keep: int, rank_state: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                    write_weights: Callable[[Path], None] | None = None) -> Path:
     """Write checkpoint `step` atomically on all ranks (collective), then keep only the newest `keep`.
+    `write_weights(dir)` writes the model and optimizer (default: Accelerate's `save_state`).
 
     Raises CheckpointWriteError on every rank if any rank cannot write its part; nothing older is touched
     until the new checkpoint is complete, so the newest complete one stays loadable.
@@ -162,7 +164,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     _write_phase(accelerator, tmp, make_tmp)
 
     def write_state() -> None:
-        accelerator.save_state(str(tmp), safe_serialization=True)
+        if write_weights is None:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+        else:
+            write_weights(tmp)
         if rank_state is not None:
             torch.save(rank_state, tmp / RANK_STATE.format(accelerator.process_index))
 
@@ -245,21 +250,32 @@ class Checkpointer:
     ones last: put there what setup must not disturb after the restore (the RNG)."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, keep: int, model: nn.Module, config: dict[str, Any],
-                 shared: Mapping[str, Stateful], per_rank: Mapping[str, Stateful]) -> None:
+                 shared: Mapping[str, Stateful], per_rank: Mapping[str, Stateful],
+                 sharded_optimizer: torch.optim.Optimizer | None = None) -> None:
         self.accelerator, self.output_dir, self.keep, self.model = accelerator, output_dir, keep, model
         self.config = config  # the resolved config the weights are trained with (resume_changes reads it back)
         self.shared, self.per_rank = dict(shared), dict(per_rank)
+        self.sharded_optimizer = sharded_optimizer  # set: the model is sharded, and so is what gets written
 
     def save(self, step: int) -> Path:
         """Write checkpoint `step` on every rank (a collective); see `save_checkpoint`."""
         nonfinite.assert_finite(self.model)
         state = {"step": step, **{name: entry.state_dict() for name, entry in self.shared.items()}}
         local = {name: entry.state_dict() for name, entry in self.per_rank.items()}
-        return save_checkpoint(self.accelerator, self.output_dir, step, state, self.keep, local, self.config)
+        write = None
+        if self.sharded_optimizer is not None:  # an entry's shards (EMA weights) go with the model's, by path
+            state, shards = sharding.split_shards(state)
+            optimizer = self.sharded_optimizer
+            write = lambda tmp: sharding.save_sharded(tmp, self.model, optimizer, shards)  # noqa: E731
+        return save_checkpoint(self.accelerator, self.output_dir, step, state, self.keep, local, self.config, write)
 
     def load(self, candidates: list[Path]) -> int:
         """Restore the first candidate that loads (none: a fresh run) and return its update, 0 if fresh."""
-        resumed = load_checkpoint(self.accelerator, self.model, candidates)
+        read = None
+        if self.sharded_optimizer is not None:
+            optimizer = self.sharded_optimizer
+            read = lambda path, state: sharding.load_sharded(path, self.model, optimizer, state)  # noqa: E731
+        resumed = load_checkpoint(self.accelerator, self.model, candidates, read)
         if resumed is None:
             return 0
         for entries, state in ((self.shared, resumed.state), (self.per_rank, resumed.local)):
@@ -276,7 +292,8 @@ class Checkpointer:
         return resumed.step
 
 
-def load_checkpoint(accelerator: Accelerator, model: nn.Module, candidates: list[Path]) -> Resumed | None:
+def load_checkpoint(accelerator: Accelerator, model: nn.Module, candidates: list[Path],
+                    read_weights: Callable[[Path, dict[str, Any]], None] | None = None) -> Resumed | None:
     """Restore model and optimizer from the first candidate that is intact and loads, and return its entries'
     states; a damaged candidate is reported in one line and skipped, never a crash loop. None: no candidates.
 
@@ -285,6 +302,7 @@ def load_checkpoint(accelerator: Accelerator, model: nn.Module, candidates: list
     not damage: it means the config changed, and it stops the run (ConfigError). The ranks agree on every
     candidate (a rank's own file, a flaky read), so all resume at the same update. If candidates exist but
     none loads, the run stops (ConfigError): starting over is the user's decision (train.resume=none).
+    `read_weights(dir, shared state)` loads the model and optimizer (default: Accelerate's `load_state`).
     """
     rank, world = accelerator.process_index, accelerator.num_processes
     where = f" on rank {rank}" if world > 1 else ""
@@ -299,7 +317,8 @@ def load_checkpoint(accelerator: Accelerator, model: nn.Module, candidates: list
         state: dict[str, Any] = {}
         local: dict[str, Any] = {}
         try:
-            check_compatible(path, plain_model(accelerator, model))
+            if read_weights is None:  # sharded weights: torch's loader checks names and shapes
+                check_compatible(path, plain_model(accelerator, model))
             state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
             own = path / RANK_STATE.format(rank)
             if own.exists():  # missing: the checkpoint was written by fewer processes
@@ -310,7 +329,10 @@ def load_checkpoint(accelerator: Accelerator, model: nn.Module, candidates: list
             error = exc
         if _on_every_rank(accelerator, error is None):
             try:
-                accelerator.load_state(str(path))
+                if read_weights is None:
+                    accelerator.load_state(str(path))
+                else:
+                    read_weights(path, state)
             except Exception as exc:
                 error = exc
             if _on_every_rank(accelerator, error is None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from template.errors import NonFiniteError
 
@@ -24,6 +25,7 @@ def gradients_finite(model: nn.Module, grad_norm: torch.Tensor | None) -> bool:
 def assert_finite(model: nn.Module) -> None:
     """Raise naming the first non-finite parameter: called before any weights are written."""
     for name, param in model.named_parameters():
-        if not torch.isfinite(param).all():
+        local = param.to_local() if isinstance(param, DTensor) else param  # a shard: each rank checks its own
+        if not torch.isfinite(local).all():
             raise NonFiniteError(f"parameter '{name}' is non-finite (NaN/inf); refusing to save it, the newest "
                                  "checkpoint holds the last good state")
