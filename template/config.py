@@ -129,6 +129,7 @@ class TrackingConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     log_grad_norm: bool = False  # log grad_norm even when train.clip_grad_norm is 0 (clipping logs it anyway)
+    log_model: str = "false"  # false | final | checkpoints: the weights as W&B artifacts (reporting/artifacts.py)
 
 
 @dataclass
@@ -162,6 +163,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "distributed.sync_check_action": ("error", "resync"),
     "distributed.shard": ("none", "fsdp2"),
+    "tracking.log_model": ("false", "final", "checkpoints"),
 }
 
 
@@ -291,6 +293,8 @@ def validate(cfg: Config) -> None:
     t = cfg.train
     if t.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false
         t.mixed_precision = "no"
+    if cfg.tracking.log_model == "False":  # YAML's `false`, stored in a str field
+        cfg.tracking.log_model = "false"
     _check(0 <= cfg.seed < 2**32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
     _check(t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}")
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
@@ -335,6 +339,13 @@ def validate(cfg: Config) -> None:
             continue
         hint = suggest(str(value), options)
         _check(value in options, key, f"must be one of {', '.join(options)}, got '{value}'{hint}")
+    log_model = cfg.tracking.log_model
+    _check(log_model == "false" or cfg.tracking.wandb,
+           "tracking.log_model", f"'{log_model}' logs W&B artifacts, but tracking.wandb is false (set "
+           "tracking.wandb=true, or tracking.log_model=false)")
+    _check(log_model != "checkpoints" or t.checkpoint_every > 0, "tracking.log_model",
+           "'checkpoints' logs each checkpoint, but train.checkpoint_every is 0: the run writes none (set "
+           "train.checkpoint_every, or log the final weights only: tracking.log_model=final)")
     if t.resume not in ("auto", "none"):
         _check(Path(t.resume).exists(), "train.resume", f"checkpoint path does not exist: {t.resume}")
 

@@ -81,4 +81,5 @@ def build_parts(cfg: Config, world_size: int = 1) -> Parts:
     optimizer = build_optimizer(model, cfg.optimizer, cfg.seed)
     schedule = build_schedule(cfg.scheduler, optimizer, updates_per_epoch)
     hooks = Hooks(cfg.hooks)
+    hooks.check(cfg, model)
     return Parts(model, loss_fn, optimizer, schedule, train_set, eval_set, updates_per_epoch, hooks)

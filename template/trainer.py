@@ -347,7 +347,7 @@ def train(cfg: Config) -> dict[str, Any]:
             stop_reason = "preempted" if preempted else (hooks.stop_reason(ctx) if hooks else None)
             every = t.checkpoint_every
             if preempted or (every and (step % every == 0 or step == last_step or stop_reason)):
-                checkpointer.save(step)
+                tracker.log_checkpoint(checkpointer.save(step), step)  # a W&B artifact with log_model=checkpoints
         progress.close()
 
         # ---- teardown ----
@@ -395,6 +395,7 @@ def write_results(accelerator: Accelerator, cfg: Config, model: nn.Module, hooks
             if full is None:
                 nonfinite.assert_finite(unwrapped)
             save_file(checkpoint.untied(full or unwrapped.state_dict()), str(out / "model.safetensors"))
+            tracker.log_model(summary["step"])  # tracking.log_model: the weights as a W&B artifact
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if cfg.train.plots:
             from template.reporting.plotting import plot_training_curves  # matplotlib imported only at the end

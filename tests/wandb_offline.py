@@ -72,6 +72,7 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
     metric_definitions: list[dict] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,6 +232,9 @@ def read_run(run_dir: Path) -> OfflineRun:
     * ``metric_definitions``: one dict per ``define_metric`` call (protobuf field names, defaults
       omitted, e.g. ``{"glob_name": "*", "step_metric": "train/step", "options": {...}}``); metric
       records wandb expands from globs by itself are left out.
+    * ``artifacts``: one dict per logged artifact version (``run.log_artifact``), in file order: ``name``,
+      ``type``, ``aliases`` (sorted), ``metadata`` (decoded), ``files`` (the manifest's paths, sorted) and
+      ``staged`` (manifest path -> the local copy ``wandb sync`` uploads).
     * ``files``: paths (relative to the run's ``files/`` dir) of files saved with ``wandb.save`` or
       written for logged media, in first-seen order; wandb's own files (requirements.txt, ...) are left
       out.
@@ -268,6 +272,12 @@ def read_run(run_dir: Path) -> OfflineRun:
             definition = MessageToDict(record.metric, preserving_proto_field_name=True)
             definition.pop("_info", None)
             run.metric_definitions.append(definition)
+        elif kind == "artifact":
+            a = record.artifact
+            contents = {entry.path: entry.local_path for entry in a.manifest.contents}
+            run.artifacts.append({"name": a.name, "type": a.type, "aliases": sorted(a.aliases),
+                                  "metadata": _decode_json(a.metadata) if a.metadata else {},
+                                  "files": sorted(contents), "staged": contents})
         elif kind == "files":
             for item in record.files.files:
                 if item.type == pb.FilesItem.FileType.WANDB or item.path in seen_files:

@@ -5,6 +5,9 @@ needs. The loop stays readable top to bottom; hooks are the one extension point 
 
 Events (every rank runs every event, so all ranks must call the same collectives in it):
 
+- `check(cfg, model)`: once, before any work (no process group yet, the model on the CPU): raise a
+  `ConfigError` for a config or model the hook cannot serve, so it is one `error:` line and exit 2 rather
+  than a failure mid-run. No collectives.
 - `after_update(ctx)`: after each applied optimizer update and its lr step. Collectives allowed.
 - `after_evaluate(ctx, metrics)`: after an evaluation; may add `eval/...` values to `metrics`, e.g. from
   `ctx.evaluate()` (a collective). Collectives allowed.
@@ -30,7 +33,7 @@ from typing import Any
 from accelerate import Accelerator
 from torch import nn
 
-from template.config import HookConfig
+from template.config import Config, HookConfig
 from template.errors import ConfigError, HookError, describe
 from template.registry import Registry
 
@@ -55,6 +58,8 @@ class HookContext:
 class Hook:
     """Override the events you need; every default does nothing."""
 
+    def check(self, cfg: Config, model: nn.Module) -> None: ...
+
     def after_update(self, ctx: HookContext) -> None: ...
 
     def after_evaluate(self, ctx: HookContext, metrics: dict[str, float]) -> None: ...
@@ -75,6 +80,12 @@ class Hook:
 HOOKS: Registry[type[Hook]] = Registry("hook", "hooks.name")
 
 
+def _of_entry(exc: ConfigError, i: int) -> ConfigError:
+    """Name the list entry: hooks.0.kwargs, not hooks.kwargs."""
+    key = exc.key.replace("hooks.", f"hooks.{i}.", 1) if exc.key.startswith("hooks.") else exc.key
+    return ConfigError(key, exc.problem)
+
+
 class Hooks:
     """The configured hooks, called in config order; names each failure."""
 
@@ -83,9 +94,8 @@ class Hooks:
         for i, spec in enumerate(configs):
             try:
                 self.named.append((spec.name, HOOKS.build(spec.name, **spec.kwargs)))
-            except ConfigError as exc:  # name the list entry: hooks.0.kwargs, not hooks.kwargs
-                key = exc.key.replace("hooks.", f"hooks.{i}.", 1) if exc.key.startswith("hooks.") else exc.key
-                raise ConfigError(key, exc.problem) from None
+            except ConfigError as exc:
+                raise _of_entry(exc, i) from None
 
     def __bool__(self) -> bool:
         return bool(self.named)
@@ -98,6 +108,15 @@ class Hooks:
             except Exception as exc:
                 raise HookError(f"hook '{name}' failed in {event}: {describe(exc)}") from exc
         return results
+
+    def check(self, cfg: Config, model: nn.Module) -> None:
+        for i, (name, hook) in enumerate(self.named):
+            try:
+                hook.check(cfg, model)
+            except ConfigError as exc:
+                raise _of_entry(exc, i) from None
+            except Exception as exc:
+                raise HookError(f"hook '{name}' failed in check: {describe(exc)}") from exc
 
     def after_update(self, ctx: HookContext) -> None:
         self._call("after_update", ctx)

@@ -40,6 +40,7 @@ from urllib.parse import urlparse
 from accelerate import Accelerator
 
 from template.config import Config
+from template.reporting.artifacts import MODEL_FILES, ModelArtifacts
 from template.reporting.redaction import redact, redacted_sys_argv, safe_config
 from template.runtime.rng import preserved_rng
 
@@ -151,14 +152,17 @@ class Tracker:
         self._file: TextIO | None = None
         self.best: dict[str, tuple[float, int]] = {}  # eval key -> (lowest value, its update)
         self.peaks: dict[str, float] = {}  # memory key -> the run's peak so far (this process's)
+        self.artifacts = ModelArtifacts(cfg)  # tracking.log_model
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "best": {k: list(v) for k, v in self.best.items()}, "peaks": self.peaks}
+        return {"run_id": self.run_id, "best": {k: list(v) for k, v in self.best.items()}, "peaks": self.peaks,
+                "model_best": self.artifacts.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.run_id = state["run_id"]
         self.best = {k: (float(v), int(s)) for k, (v, s) in state["best"].items()}
         self.peaks = dict(state["peaks"])
+        self.artifacts.load_state_dict(state.get("model_best"))  # absent in checkpoints from before log_model
 
     def run_summary(self) -> dict[str, Any]:
         """For summary.json and the W&B run summary: each eval value's best and its update, the peak memory."""
@@ -217,6 +221,7 @@ class Tracker:
         for key, value in values.items():
             if "loss" in key and (key not in self.best or value < self.best[key][0]):
                 self.best[key] = (value, step)
+        self.artifacts.see(step, values)
         self.log({"step": step, **values})
         if self._run is not None:
             self._run.summary.update(self.run_summary())
@@ -239,6 +244,21 @@ class Tracker:
             return
         for path in files:
             self._run.save(str(path), base_path=self.cfg.output_dir, policy="now")
+
+    def log_checkpoint(self, path: Path, step: int) -> None:
+        """A complete checkpoint directory as a version of the `checkpoint-<run id>` artifact
+        (`tracking.log_model=checkpoints`; rank 0; see reporting/artifacts.py for what it costs)."""
+        if self._run is not None and self.artifacts.mode == "checkpoints":
+            with preserved_rng():
+                self.artifacts.log(self._run, "checkpoint", step, [path])
+
+    def log_model(self, step: int) -> None:
+        """The final weights (model.safetensors, beside config.yaml and tokenizer.json) as a version of the
+        `model-<run id>` artifact (`tracking.log_model=final` or `checkpoints`; rank 0)."""
+        if self._run is not None and self.artifacts.mode != "false":
+            out = Path(self.cfg.output_dir)
+            with preserved_rng():
+                self.artifacts.log(self._run, "model", step, [out / name for name in MODEL_FILES])
 
     def log_images(self, images: dict[str, Path], step: int) -> None:
         """PNG files as W&B images under `plots/<name>`, at update `step` (0: before training)."""
