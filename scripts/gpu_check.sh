@@ -4,7 +4,8 @@
 # Runs the tests marked `gpu` (tests/test_gpu.py: bf16/fp16 with the fp32 lr column, fp16 overflow skipped
 # without advancing the schedule, no host-device sync on updates that do not log, compile on and off,
 # bit-identical resume with deterministic kernels; with 2+ GPUs NCCL runs, the lr column of 1 GPU, SIGTERM
-# agreement, FSDP2 sharding (one GPU: bf16 + resume, tokens/s against DDP; two GPUs)), prints one PASS/FAIL line per check and a summary, writes
+# agreement, FSDP2 sharding (one GPU: bf16 + resume, tokens/s against DDP; two GPUs);
+# tests/test_micro_batch.py: `auto` under a memory cap), prints one PASS/FAIL line per check and a summary, writes
 # OUT_DIR/gpu_check.json (default runs/gpu_check), exits non-zero on any failure. Then, time allowing,
 # the benchmark on the GPU (trainer vs hand-written loops, tokens/s and MFU for the GPT) into the same dir.
 # Budget: about 8 minutes on one GPU. On a machine without CUDA it says so and exits 0.
@@ -22,7 +23,7 @@ mkdir -p "$OUT"
 
 WORKERS="${GPU_CHECK_WORKERS:-0}"  # several pytest workers share the GPU well (the tests' models are small)
 DIST=(); [ "$WORKERS" != "0" ] && DIST=(--dist load)
-timeout "${GPU_CHECK_TEST_S:-420}" "$PY" -m pytest -m gpu tests/test_gpu.py -n "$WORKERS" "${DIST[@]}" -p no:cacheprovider \
+timeout "${GPU_CHECK_TEST_S:-420}" "$PY" -m pytest -m gpu tests/test_gpu.py tests/test_micro_batch.py -n "$WORKERS" "${DIST[@]}" -p no:cacheprovider \
     -q -rA --junitxml="$OUT/junit.xml" > "$OUT/pytest.log" 2>&1
 status=$?
 

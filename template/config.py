@@ -93,6 +93,8 @@ class TrainConfig:
     max_samples: int | None = None  # instead of max_steps: the run's length in samples (template/runtime/clock.py)
     batch_size: int = 64
     grad_accum_steps: int = 1
+    # per-process micro-batch: null (from grad_accum_steps), a number, or `auto` (template/runtime/batch_size.py)
+    micro_batch_size: int | str | None = None
     log_every: int = 10
     eval_every: int = 0
     eval_batches: int = 4
@@ -301,6 +303,9 @@ def validate(cfg: Config) -> None:
     _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {t.grad_accum_steps}")
     _check(t.batch_size % t.grad_accum_steps == 0, "train.batch_size",
            f"{t.batch_size} is not divisible by train.grad_accum_steps={t.grad_accum_steps}")
+    micro = t.micro_batch_size
+    _check(micro is None or micro == "auto" or (isinstance(micro, int) and micro >= 1), "train.micro_batch_size",
+           f"must be a positive integer or auto (null: from train.grad_accum_steps), got {micro!r}")
     for key in ("log_every", "eval_every", "checkpoint_every", "eval_batches"):
         value = getattr(t, key)
         _check(value >= 0, f"train.{key}", f"must be >= 0, got {value}")

@@ -44,9 +44,13 @@ class HookError(RuntimeError):
     """A hook raised: the message names the hook and the event."""
 
 
+class MemoryLimitError(RuntimeError):
+    """An `auto` micro-batch ran out of memory and could not be halved and redone (runtime/batch_size.py)."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, LaunchError)  # exit 2
 RUN_ERRORS: tuple[type[Exception], ...] = (NonFiniteError, DriftError, LRSyncError, CheckpointWriteError,
-                                           HookError)  # exit 1
+                                           HookError, MemoryLimitError)  # exit 1
 
 
 def suggest(word: str, options: Iterable[str]) -> str:

@@ -19,6 +19,7 @@ from template.hooks import Hooks
 from template.losses import LOSSES
 from template.models import MODELS
 from template.optim import build_optimizer
+from template.runtime.batch_size import initial_accum
 from template.schedules import LRSchedule, build_schedule
 
 
@@ -67,6 +68,7 @@ def build_parts(cfg: Config, world_size: int = 1) -> Parts:
             f"global batch {t.batch_size} is not divisible by world size {world_size} "
             f"x train.grad_accum_steps {t.grad_accum_steps}",
         )
+    initial_accum(t, world_size)  # train.micro_batch_size against the batch and the processes
     set_seed(cfg.seed)
     model = MODELS.build(cfg.model.name, **cfg.model.kwargs)
     loss_fn = LOSSES.build(cfg.loss.name, **cfg.loss.kwargs)

@@ -36,6 +36,7 @@ from template.reporting.redaction import config_yaml, safe_config
 from template.reporting.throughput import Throughput, Window
 from template.reporting.tracking import Tracker, training_row
 from template.runtime import checkpoint, host_memory, nonfinite, sharding
+from template.runtime.batch_size import AdaptiveUpdate, MicroBatch
 from template.runtime.checkpoint import Checkpointer
 from template.runtime.clock import Clock
 from template.runtime.compile import check_compile, compile_model
@@ -166,6 +167,9 @@ def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = No
     # a refused change: error, nothing loaded; an allowed one: said in one line at resume
     parts.resume_changes = checkpoint.resume_changes(safe_config(cfg), resume_from)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.distributed.shard == "fsdp2" and str(t.micro_batch_size) == "auto":
+        raise ConfigError("train.micro_batch_size", "auto's trial updates run per rank, but a sharded forward is a "
+                                                    "collective of every rank: set a number with distributed.shard")
     if cfg.distributed.shard == "fsdp2" and t.mixed_precision == "fp16":
         raise ConfigError("train.mixed_precision", "fp16's GradScaler does not work on FSDP2's sharded gradients; "
                                                    "use bf16 (FSDP2 keeps fp32 weights and reduces in fp32)")
@@ -248,16 +252,18 @@ def train(cfg: Config) -> dict[str, Any]:
                 compile_model(model)  # in place: names stay plain for checkpoints and digests
         loss_fn, schedule, hooks = parts.loss_fn.to(accelerator.device), parts.schedule, parts.hooks
         clock = Clock.from_config(cfg)
-        data = TrainData(parts.train_set, t.batch_size, t.grad_accum_steps, world, accelerator.process_index,
+        micro = MicroBatch(t, world)  # train.micro_batch_size: the accumulation that makes up the global batch
+        data = TrainData(parts.train_set, t.batch_size, micro.accum, world, accelerator.process_index,
                          cfg.seed, cfg.data.num_workers, accelerator.device.type == "cuda")
         tracker = Tracker(accelerator, cfg)
         # Everything a checkpoint carries, by name: adding state to a run is adding an entry here.
         checkpointer = Checkpointer(accelerator, out, t.keep_checkpoints, model, safe_config(cfg),
                                     shared={"schedule": schedule, "clock": clock, "data": data, "hooks": hooks,
-                                            "tracker": tracker},
+                                            "tracker": tracker, "micro_batch": micro},
                                     per_rank={"rng": RNGState()},
                                     sharded_optimizer=optimizer.optimizer if sharding.is_sharded(model) else None)
         start = checkpointer.load(resume_from)
+        micro.choose(accelerator, model, loss_fn, data)  # auto: the checkpoint's size, or a search all ranks agree on
         if accelerator.is_main_process:  # each resume's config apart: config.yaml describes the first process
             out.mkdir(parents=True, exist_ok=True)
             (out / ("config.yaml" if start == 0 else f"config.resumed-{start:08d}.yaml")).write_text(config_yaml(cfg))
@@ -272,8 +278,11 @@ def train(cfg: Config) -> dict[str, Any]:
         if parts.eval_set is not None and t.eval_every:
             eval_loader, eval_batches = make_eval_loader(parts.eval_set, t.batch_size, t.eval_batches, world,
                                                          accelerator.process_index, accelerator.device.type == "cuda")
-        update = UpdateStep(accelerator, model, optimizer, loss_fn, t.grad_accum_steps, t.clip_grad_norm,
+        update: UpdateStep | AdaptiveUpdate
+        update = UpdateStep(accelerator, model, optimizer, loss_fn, micro.accum, t.clip_grad_norm,
                             skip_nonfinite=t.nonfinite == "skip")
+        if micro.auto:  # out of memory mid-run: halve the micro-batch and redo the update
+            update = AdaptiveUpdate(update, micro, data, clock, accelerator, cfg.distributed.timeout_s)
         ctx = HookContext(accelerator, model, plain_model(accelerator, model), optimizer, out,
                           (lambda: evaluate(accelerator, model, loss_fn, eval_loader, eval_batches))
                           if eval_loader is not None else None)
@@ -332,6 +341,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 if throughput.tokens_per_sample:  # W&B's alternative x axes: runs of other batches on one chart
                     row["tokens"] = clock.samples * throughput.tokens_per_sample
                 row.update(memory.window(reduce_max))  # peaks since the last row, the max over ranks
+                row.update(micro.row())  # an auto run's micro-batch: in its first row and when it changed
                 if hooks:
                     hooks.on_log(ctx, row)
                 tracker.log(row)
@@ -365,6 +375,7 @@ def train(cfg: Config) -> dict[str, Any]:
         if stop_reason:
             summary["stopped_early"] = stop_reason
         summary.update(tracker.run_summary())  # the best eval values and their updates, the peak memory
+        summary.update(micro.summary())
         summary.update(per_rank(memory, sharding.local_bytes(model, optimizer)))  # what each rank holds
         summary = write_results(accelerator, cfg, model, hooks, ctx, tracker, summary)
         ran = f", loss {loss_value:.4g}" if math.isfinite(loss_value) else " (no update left to run)"

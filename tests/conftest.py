@@ -35,11 +35,11 @@ torch.set_num_threads(1)  # as the subprocesses' OMP_NUM_THREADS=1: in-process r
 # --no-loadscope-reorder) hands whole files to the workers in collection order: started first, these run
 # side by side and the many short files fill in behind them, so both workers finish together instead of
 # one waiting on a long file picked up last.
-LONGEST_FIRST = ("test_ddp.py", "test_fault_tolerance.py", "test_exact_resume.py", "test_wandb_logging.py",
-                 "test_missing_runs.py", "test_launcher_errors.py", "test_benchmark.py", "test_hf_data.py",
-                 "test_new_project.py", "test_artifacts.py", "test_gpt.py", "test_sampling.py", "test_robustness.py",
-                 "test_host_memory.py", "test_train_e2e.py", "test_hooks.py", "test_lr_find.py",
-                 "test_tutorial_script.py")
+LONGEST_FIRST = ("test_ddp.py", "test_sharding.py", "test_fault_tolerance.py", "test_exact_resume.py",
+                 "test_wandb_logging.py", "test_missing_runs.py", "test_micro_batch.py", "test_launcher_errors.py",
+                 "test_benchmark.py", "test_hf_data.py", "test_new_project.py", "test_artifacts.py", "test_gpt.py",
+                 "test_sampling.py", "test_robustness.py", "test_host_memory.py", "test_train_e2e.py",
+                 "test_hooks.py", "test_lr_find.py", "test_tutorial_script.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

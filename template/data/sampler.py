@@ -79,6 +79,45 @@ class TrainData:
         assert self.sampler is not None
         return self.sampler.position(self._micro // self.accum)
 
+    @property
+    def handed_out(self) -> int:
+        """Micro-batches handed out since the position was set: read before an update, it names that update."""
+        return self._micro
+
+    @property
+    def rewindable(self) -> bool:
+        """Whether an update can be read again (`regroup` with `handed_out`): map-style data, not a stream."""
+        return self.stream is None
+
+    def regroup(self, accum: int, handed_out: int | None = None) -> None:
+        """Cut each global batch into `accum` micro-batches from the next update on (train.micro_batch_size).
+        With `handed_out` (read before an update began) that update is read again, from its first sample: an
+        update redone with smaller micro-batches consumes the same samples. The global batch, and so which
+        samples an update takes, does not change; only their split into micro-batches and ranks does."""
+        if self.stream is not None:
+            if self._micro:
+                raise RuntimeError("a stream cannot be read again from an earlier update")
+            self.accum, self._batches = accum, None
+            return
+        position = self._position() if handed_out is None else self.sampler.position(handed_out // self.accum)  # type: ignore[union-attr]
+        self.accum = accum
+        self._set_position(position)
+
+    def peek(self) -> Any:
+        """This rank's whole share of the next update's global batch, as one micro-batch, without moving: what
+        the micro-batch search tries (its trials cut it smaller). Map-style data only draws no random number;
+        a stream's loader may, so call it with the RNG preserved."""
+        if self.stream is not None:
+            batches = self.stream.batches(self.global_batch, 1, self.world, self.rank, self.num_workers, False,
+                                          int(self._stream_state is not None), self._stream_state)
+            try:
+                return next(batches)
+            finally:
+                batches.close()  # type: ignore[attr-defined]
+        sampler = GlobalBatchSampler(len(self.dataset), self.global_batch, 1, self.world, self.rank, self.seed,
+                                     start_position=self._position())
+        return next(iter(make_loader(self.dataset, sampler, 0, False, torch.Generator().manual_seed(self.seed))))
+
     def epochs(self, stand_in: float) -> float:
         """Epochs of data consumed so far (the `epoch` column), exact across a change of batch on resume;
         a stream, whose pass length is unknown, reports `stand_in`."""

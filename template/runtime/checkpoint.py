@@ -247,7 +247,8 @@ def _on_every_rank(accelerator: Accelerator, ok: bool) -> bool:
 class Checkpointer:
     """Saves and restores a run: the prepared model and optimizer, `shared` entries (equal on every rank) and
     `per_rank` entries (each rank's own), by name. `load` restores the entries in mapping order, per-rank
-    ones last: put there what setup must not disturb after the restore (the RNG)."""
+    ones last: put there what setup must not disturb after the restore (the RNG). A shared entry with
+    `optional = True` may be missing from a checkpoint (one written before it existed): it is then not loaded."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, keep: int, model: nn.Module, config: dict[str, Any],
                  shared: Mapping[str, Stateful], per_rank: Mapping[str, Stateful],
@@ -282,7 +283,7 @@ class Checkpointer:
             for name, entry in entries.items():
                 if name in state:
                     entry.load_state_dict(state[name])
-                elif entries is self.shared:
+                elif entries is self.shared and not getattr(entry, "optional", False):
                     raise ConfigError("train.resume", f"checkpoint {resumed.path} has no '{name}' entry: it was "
                                       "written by another version of this template; set train.resume=none")
                 else:  # this rank did not exist in the run that wrote it
@@ -366,7 +367,7 @@ RESUME_MAY_CHANGE = (
     "train.max_samples", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
     "train.keep_checkpoints", "train.resume", "train.progress", "train.plots", "train.keep_freed_memory",
     "train.compile", "train.deterministic", "train.peak_flops", "train.nonfinite", "train.mixed_precision",
-    "train.clip_grad_norm", "train.grad_accum_steps", "train.profile",
+    "train.clip_grad_norm", "train.grad_accum_steps", "train.micro_batch_size", "train.profile",
 )
 
 
