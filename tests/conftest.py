@@ -93,6 +93,7 @@ def run_train(*args: str, launcher: str = "python", nproc: int = 1, check: bool 
 PATCHABLE = (("template.trainer", "UpdateStep", "__call__"), ("accelerate", "Accelerator", "save_state"),
              ("pathlib", "Path", "rename"), ("torch._inductor.compile_fx", None, "compile_fx"),
              ("template.schedules.base", "LRSchedule", "after_update"),
+             ("template.runtime.sharding", None, "save_sharded"),
              ("template.runtime.distributed", None, "Accelerator"), ("template.runtime.distributed", None,
                                                                       "_resync_reported"))
 

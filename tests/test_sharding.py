@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,19 @@ def test_each_rank_holds_about_half_of_the_parameters_and_optimizer_state(runs: 
     for part in halves:  # FSDP2 pads each parameter's dim 0 to a multiple of the world size
         assert part == pytest.approx(whole[0] / 2, rel=0.05)
     assert read_summary(runs.get("gpt-sharded2"))["memory/max_rss_gb_per_rank"][1] > 0
+
+
+def test_a_kill_while_shards_are_written_leaves_the_previous_checkpoint_to_resume_from(runs: Runs,
+                                                                                    tmp_path: Path) -> None:
+    args = (*DEFAULT, SHARD, "imports=[plugins.poisoned_data,plugins.crash_in_save]", "train.checkpoint_every=3",
+            f"output_dir={tmp_path}")
+    train(args, tmp_path, expect=-signal.SIGKILL, FT_CRASH="save_sharded:6")
+    half = tmp_path / "checkpoints" / ".tmp-step_00000006"
+    assert (half / "sharded").is_dir() and not (half / "trainer.pt").exists()
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_00000003"]
+    stdout, _ = train(args, tmp_path)
+    assert "resumed from" in stdout and "step_00000003 at update 3" in stdout
+    assert read_summary(tmp_path)["param_digest"] == read_summary(runs.get("default-plain"))["param_digest"]
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -3,6 +3,9 @@
 - `save_state:<u>`: while checkpoint `u` is being written, after Accelerate wrote its files into the
   hidden `.tmp-step_*` directory, leave it half-written (model.safetensors cut in half, optimizer.bin
   missing, no trainer.pt) and die, as a kill or a power cut in the middle of the write would;
+- `save_sharded:<u>`: the same for a sharded run (`distributed.shard: fsdp2`): after every rank wrote its
+  shards of checkpoint `u` (torch.distributed.checkpoint), the first shard file is cut in half and the
+  process dies;
 - `rename:<u>`: everything of checkpoint `u` is written, trainer.pt included, and the process dies just
   before the `.tmp-step_*` directory is renamed into place.
 
@@ -25,7 +28,10 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from template.runtime import sharding
+
 _save_state = Accelerator.save_state
+_save_sharded = sharding.save_sharded
 _rename = pathlib.Path.rename
 STAGE, _, STEP = (os.environ.get("FT_CRASH") or "").partition(":")
 TARGET = f".tmp-step_{int(STEP):08d}" if STEP else None
@@ -67,6 +73,15 @@ def _failing_save_state(self: Accelerator, output_dir: str | None = None, *args,
     return result
 
 
+def _crashing_save_sharded(directory: Path, *args, **kwargs):  # type: ignore[no-untyped-def]
+    _save_sharded(directory, *args, **kwargs)
+    if directory.name == TARGET:
+        first = sorted((directory / sharding.SHARDED_DIR).glob("*.distcp"))[0]
+        with first.open("r+b") as f:
+            f.truncate(first.stat().st_size // 2)
+        _die()
+
+
 def _crashing_rename(self: pathlib.Path, target):  # type: ignore[no-untyped-def]
     if self.name == TARGET:
         _die()
@@ -75,9 +90,12 @@ def _crashing_rename(self: pathlib.Path, target):  # type: ignore[no-untyped-def
 
 if STAGE == "save_state" and Accelerator.save_state is _save_state:
     Accelerator.save_state = _crashing_save_state  # type: ignore[method-assign]
+elif STAGE == "save_sharded" and sharding.save_sharded is _save_sharded:
+    sharding.save_sharded = _crashing_save_sharded
 elif STAGE == "rename" and pathlib.Path.rename is _rename:
     pathlib.Path.rename = _crashing_rename  # type: ignore[method-assign]
 elif STAGE in ("ENOSPC", "EROFS", "EACCES") and Accelerator.save_state is _save_state:
     Accelerator.save_state = _failing_save_state  # type: ignore[method-assign]
 elif STAGE:
-    raise ValueError(f"FT_CRASH must be save_state|rename|ENOSPC|EROFS|EACCES:<update>, got {os.environ['FT_CRASH']!r}")
+    raise ValueError("FT_CRASH must be save_state|save_sharded|rename|ENOSPC|EROFS|EACCES:<update>, got "
+                     f"{os.environ['FT_CRASH']!r}")
