@@ -143,6 +143,24 @@ class HookConfig:
 
 
 @dataclass
+class MetricConfig:
+    """One entry of `eval.metrics`: a registered metric (template/metrics/), its kwargs, and the name it is
+    logged under (`eval/<log_as or name>`; set `log_as` to list one metric twice, e.g. top-1 and top-5)."""
+
+    name: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    log_as: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    """What an evaluation computes beside `eval/loss` (when and on how much: `train.eval_every`, `eval_batches`)."""
+
+    metrics: list[MetricConfig] = field(default_factory=list)
+    confusion_matrix: bool = False  # classifiers: the summed matrix to W&B at each evaluation, and summary.json
+
+
+@dataclass
 class Config:
     seed: int = 0
     output_dir: str = "runs/default"
@@ -154,6 +172,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     hooks: list[HookConfig] = field(default_factory=list)
 

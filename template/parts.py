@@ -17,6 +17,7 @@ from template.data import DATASETS, StreamingData
 from template.errors import ConfigError
 from template.hooks import Hooks
 from template.losses import LOSSES
+from template.metrics import EvalMetrics
 from template.models import MODELS
 from template.optim import build_optimizer
 from template.runtime.batch_size import initial_accum
@@ -36,6 +37,7 @@ class Parts:
     notes: list[str] = field(default_factory=list)  # warnings about the config, printed once before training
     resume_changes: list[str] = field(default_factory=list)  # allowed changes since the checkpoint
     shard_units: list[tuple[str, nn.Module]] = field(default_factory=list)  # distributed.shard's units, by name
+    metrics: EvalMetrics | None = None  # eval.metrics, built and tried by the trainer's preflight
 
 
 def import_plugins(cfg: Config) -> None:

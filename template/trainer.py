@@ -29,6 +29,7 @@ from template.config import Config
 from template.data import TrainData, make_eval_loader
 from template.errors import ConfigError, DriftError, NonFiniteError
 from template.hooks import HookContext, Hooks
+from template.metrics import EvalMetrics, build_eval_metrics, check_monitors
 from template.parts import Parts, build_parts
 from template.reporting.memory import PeakMemory, per_rank
 from template.reporting.profiling import UpdateProfiler
@@ -126,20 +127,28 @@ class UpdateStep:
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: nn.Module, loss_fn: nn.Module, loader: Any, batches: int) -> float:
-    """Mean loss over the eval split, weighted by samples and reduced over ranks (same value everywhere)."""
+def evaluate(accelerator: Accelerator, model: nn.Module, loss_fn: nn.Module, loader: Any, batches: int,
+             metrics: EvalMetrics | None = None) -> dict[str, float]:
+    """eval/loss (the mean over the eval split, weighted by samples) and each `eval.metrics` value over the same
+    batches, reduced over ranks: the same values everywhere."""
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     for x, y in itertools.islice(loader, batches or None):
         x, y = x.to(accelerator.device), y.to(accelerator.device)
         with accelerator.autocast():
-            totals[0] += loss_fn(model(x), y).double() * len(x)
+            outputs = model(x)
+            totals[0] += loss_fn(outputs, y).double() * len(x)
         totals[1] += len(x)
+        if metrics is not None:
+            metrics.update(outputs, y)
     if sharding.is_sharded(model):
         sharding.reshard(model)
     model.train()
     totals = accelerator.reduce(totals, "sum")
-    return (totals[0] / totals[1]).item()
+    values = {"eval/loss": (totals[0] / totals[1]).item()}
+    if metrics is not None:
+        values.update(metrics.compute())  # torchmetrics sums each metric's state over the ranks
+    return values
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,9 +166,10 @@ def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = No
     if s.interval == "epoch" and t.max_steps < parts.updates_per_epoch:
         raise ConfigError("scheduler.interval", f"'epoch' steps the lr once per epoch ({parts.updates_per_epoch} "
                                                 f"updates), but train.max_steps is {t.max_steps}: it never changes")
-    if parts.schedule.needs_metric and s.monitor.startswith("eval/") and not (t.eval_every and parts.eval_set):
-        raise ConfigError("scheduler.monitor", f"'{s.monitor}' is never produced: this run does not evaluate "
-                                               "(set train.eval_every, or monitor train/loss)")
+    evaluates = bool(t.eval_every and parts.eval_set is not None)
+    parts.metrics = build_eval_metrics(cfg.eval, parts.model, parts.eval_set if evaluates else None)
+    # a monitor (scheduler.monitor, early stopping's) must name an eval/ key that an evaluation produces
+    parts.notes += check_monitors(cfg, parts.schedule.needs_metric, parts.hooks, parts.metrics, evaluates)
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir", f"{out} exists and is not a directory")
@@ -255,7 +265,7 @@ def train(cfg: Config) -> dict[str, Any]:
         micro = MicroBatch(t, world)  # train.micro_batch_size: the accumulation that makes up the global batch
         data = TrainData(parts.train_set, t.batch_size, micro.accum, world, accelerator.process_index,
                          cfg.seed, cfg.data.num_workers, accelerator.device.type == "cuda")
-        tracker = Tracker(accelerator, cfg)
+        tracker = Tracker(accelerator, cfg, parts.metrics.higher_is_better if parts.metrics else None)
         # Everything a checkpoint carries, by name: adding state to a run is adding an entry here.
         checkpointer = Checkpointer(accelerator, out, t.keep_checkpoints, model, safe_config(cfg),
                                     shared={"schedule": schedule, "clock": clock, "data": data, "hooks": hooks,
@@ -278,13 +288,14 @@ def train(cfg: Config) -> dict[str, Any]:
         if parts.eval_set is not None and t.eval_every:
             eval_loader, eval_batches = make_eval_loader(parts.eval_set, t.batch_size, t.eval_batches, world,
                                                          accelerator.process_index, accelerator.device.type == "cuda")
+        eval_metrics = parts.metrics.to(accelerator.device) if parts.metrics else None
         update: UpdateStep | AdaptiveUpdate
         update = UpdateStep(accelerator, model, optimizer, loss_fn, micro.accum, t.clip_grad_norm,
                             skip_nonfinite=t.nonfinite == "skip")
         if micro.auto:  # out of memory mid-run: halve the micro-batch and redo the update
             update = AdaptiveUpdate(update, micro, data, clock, accelerator, cfg.distributed.timeout_s)
         ctx = HookContext(accelerator, model, plain_model(accelerator, model), optimizer, out,
-                          (lambda: evaluate(accelerator, model, loss_fn, eval_loader, eval_batches))
+                          (lambda: evaluate(accelerator, model, loss_fn, eval_loader, eval_batches, eval_metrics))
                           if eval_loader is not None else None)
         throughput = Throughput(ctx.plain, parts.train_set, t.batch_size, world, t.peak_flops, accelerator.device)
         memory = PeakMemory(accelerator.device)
@@ -321,7 +332,8 @@ def train(cfg: Config) -> dict[str, Any]:
                     raise NonFiniteError(f"non-finite loss {loss_value} at update {step}; the newest checkpoint "
                                          "holds the last good state")
             if eval_loader is not None and (step % t.eval_every == 0 or step == last_step):
-                metrics["eval/loss"] = evaluate(accelerator, model, loss_fn, eval_loader, eval_batches)
+                metrics.update(evaluate(accelerator, model, loss_fn, eval_loader, eval_batches, eval_metrics))
+                tracker.log_confusion(step, eval_metrics)  # eval.confusion_matrix: these weights' (before a hook's)
             # the lr step: the strategy advances by the steps this update completed; a metric-driven one sees
             # the metric once, on the last of them
             for lr_step in lr_steps:

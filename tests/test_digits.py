@@ -25,6 +25,9 @@ def digits():
     (scikit-learn takes ~3 s to import, in each worker)."""
     pytest.importorskip("sklearn")
     from template.data.sklearn_digits import digits
+    from template.metrics import load_shipped
+
+    load_shipped()  # configs/digits.yaml's metrics registered before the runs
 
     return digits
 
@@ -88,6 +91,9 @@ def test_digits_config_trains_to_the_stated_held_out_accuracy(tmp_path):
     acc = accuracy(model, held_out)
     print(f"digits held-out accuracy: {acc:.4f} on {len(held_out)} images")
     assert acc >= MIN_ACCURACY
+    summary = read_summary(out)
+    assert summary["eval/accuracy"] == pytest.approx(acc, abs=1e-6)  # eval.metrics: the same number, logged
+    assert sum(map(sum, summary["confusion_matrix"])) == len(held_out)
 
     rows = read_metrics(out)
     losses = [r["loss"] for r in rows if "loss" in r]

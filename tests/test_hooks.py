@@ -55,10 +55,11 @@ def test_ema_evaluates_its_weights_and_puts_the_model_back():
     ema.after_update(ctx)
     with torch.no_grad():
         model.weight.fill_(5.0)
-    ctx.evaluate = lambda: float(model.weight.item())  # the "loss" is the weight the model holds
+    ctx.evaluate = lambda: {"eval/loss": float(model.weight.item()), "eval/accuracy": 0.5}  # the weight it holds
     metrics = {"eval/loss": 5.0}
     ema.after_evaluate(ctx, metrics)
     assert metrics["eval/loss_ema"] == 1.0 and model.weight.item() == 5.0
+    assert metrics["eval/accuracy_ema"] == 0.5  # every value of the evaluation, for the EMA weights
 
 
 def test_early_stopping_stops_at_the_predicted_evaluation():

@@ -10,7 +10,8 @@ Events (every rank runs every event, so all ranks must call the same collectives
   than a failure mid-run. No collectives.
 - `after_update(ctx)`: after each applied optimizer update and its lr step. Collectives allowed.
 - `after_evaluate(ctx, metrics)`: after an evaluation; may add `eval/...` values to `metrics`, e.g. from
-  `ctx.evaluate()` (a collective). Collectives allowed.
+  `ctx.evaluate()` (a collective: `eval/loss` and every `eval.metrics` value). Collectives allowed. A hook
+  that adds keys names them in `eval_keys`, so a monitor may read them (preflight refuses unknown ones).
 - `on_log(ctx, row)`: before a training row is written; values it adds reach metrics.jsonl and W&B.
 - `stop_reason(ctx)`: after each update, a reason to end the run now, or None; it must answer the same on
   every rank (decide from values that are equal everywhere, or agree through a collective).
@@ -47,7 +48,8 @@ class HookContext:
     plain: nn.Module
     optimizer: Any
     output_dir: Path
-    evaluate: Callable[[], float] | None  # the eval loss of the current weights (a collective), if there is eval
+    # eval/loss and the eval.metrics values of the current weights (a collective), if the run evaluates
+    evaluate: Callable[[], dict[str, float]] | None
     step: int = 0
 
     @property
@@ -63,6 +65,10 @@ class Hook:
     def after_update(self, ctx: HookContext) -> None: ...
 
     def after_evaluate(self, ctx: HookContext, metrics: dict[str, float]) -> None: ...
+
+    def eval_keys(self, produced: list[str]) -> list[str]:
+        """The `eval/...` keys `after_evaluate` adds, given those the trainer's evaluation `produced`."""
+        return []
 
     def on_log(self, ctx: HookContext, row: dict[str, Any]) -> None: ...
 
@@ -126,6 +132,15 @@ class Hooks:
 
     def on_log(self, ctx: HookContext, row: dict[str, Any]) -> None:
         self._call("on_log", ctx, row)
+
+    def eval_keys(self, produced: list[str]) -> list[str]:
+        return [key for _, hook in self.named for key in hook.eval_keys(produced)]
+
+    def monitors(self) -> list[tuple[int, str, str | None]]:
+        """(list index, monitored key, mode) of every hook that monitors a value (a `monitor` attribute)."""
+        found = [(i, getattr(hook, "monitor", None), getattr(hook, "mode", None))
+                 for i, (_, hook) in enumerate(self.named)]
+        return [(i, monitor, mode) for i, monitor, mode in found if isinstance(monitor, str)]
 
     def stop_reason(self, ctx: HookContext) -> str | None:
         return next((reason for reason in self._call("stop_reason", ctx) if reason), None)

@@ -4,10 +4,11 @@ ema = decay * ema + (1 - decay) * weights, every `every` updates from update `st
 or after `start` copies the weights). It is computed on every rank from weights that DDP keeps identical,
 so the replicas' EMAs are equal too (summary.json: `ema_digest`, and `ema_replica_digests` from every
 rank). At each evaluation the EMA weights are swapped in and evaluated (`eval/loss_ema` beside
-`eval/loss`); at the end they are written to `model_ema.safetensors` under the model's own names. Its
-tensors travel in the checkpoint, so a resumed run continues the same average. Sharded
-(`distributed.shard: fsdp2`), each rank keeps the shadow of its own shards (DTensors like the parameters),
-the checkpoint writes them with the model's shards, and the end gathers the full EMA weights to write them.
+`eval/loss`, `eval/<metric>_ema` beside each `eval.metrics` value); at the end they are written to
+`model_ema.safetensors` under the model's own names. Its tensors travel in the checkpoint, so a resumed
+run continues the same average. Sharded (`distributed.shard: fsdp2`), each rank keeps the shadow of its own
+shards (DTensors like the parameters), the checkpoint writes them with the model's shards, and the end
+gathers the full EMA weights to write them.
 """
 
 from __future__ import annotations
@@ -76,9 +77,12 @@ class EMA(Hook):
             return
         saved = self.swapped_in(ctx)
         try:
-            metrics["eval/loss_ema"] = ctx.evaluate()
+            metrics.update({f"{key}_ema": value for key, value in ctx.evaluate().items()})
         finally:
             self.restore(ctx, saved)
+
+    def eval_keys(self, produced: list[str]) -> list[str]:
+        return [f"{key}_ema" for key in produced]
 
     def state_dict(self) -> dict[str, Any]:
         return {"shadow": self.shadow, "updates": self.updates}

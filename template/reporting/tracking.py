@@ -29,6 +29,7 @@ What a dashboard can rely on:
 from __future__ import annotations
 
 import json
+import math
 import netrc
 import os
 import secrets
@@ -40,6 +41,7 @@ from urllib.parse import urlparse
 from accelerate import Accelerator
 
 from template.config import Config
+from template.metrics.base import better_when_higher
 from template.reporting.artifacts import MODEL_FILES, ModelArtifacts
 from template.reporting.redaction import redact, redacted_sys_argv, safe_config
 from template.runtime.rng import preserved_rng
@@ -142,15 +144,17 @@ class Tracker:
     `start_step` (see the module docstring) and logs `images` (the lr preview, drawn by the trainer) at step 0.
     """
 
-    def __init__(self, accelerator: Accelerator, cfg: Config) -> None:
+    def __init__(self, accelerator: Accelerator, cfg: Config, higher_is_better: dict[str, bool] | None = None) -> None:
         self.accelerator, self.cfg = accelerator, cfg
+        self.higher_is_better = higher_is_better or {}  # eval.metrics' directions; losses are lower-is-better
         self.enabled = accelerator.is_main_process
         self.wandb = cfg.tracking.wandb
         self.run_id: str | None = None
         self.wandb_from = 0  # lowest step the W&B run accepts (0 unless an online resume)
         self._run: Any = None
         self._file: TextIO | None = None
-        self.best: dict[str, tuple[float, int]] = {}  # eval key -> (lowest value, its update)
+        self.best: dict[str, tuple[float, int]] = {}  # eval key -> (best value, its update)
+        self.confusion: list[list[int]] | None = None  # the last evaluation's confusion matrix
         self.peaks: dict[str, float] = {}  # memory key -> the run's peak so far (this process's)
         self.artifacts = ModelArtifacts(cfg)  # tracking.log_model
 
@@ -170,6 +174,8 @@ class Tracker:
         for key, (value, step) in self.best.items():
             out[f"best/{key}"], out[f"best/{key}_step"] = value, step
         out.update(self.peaks)
+        if self.confusion is not None:
+            out["confusion_matrix"] = self.confusion
         return out
 
     def start(self, start_step: int, images: dict[str, Path] | None = None) -> None:
@@ -217,9 +223,14 @@ class Tracker:
             self.accelerator.log(row, step=row["step"])
 
     def log_eval(self, step: int, values: dict[str, float]) -> None:
-        """An evaluation row; the best (lowest) value of each eval loss and its update go to the run summary."""
+        """An evaluation row; the best value of each eval loss and metric (the lowest, or the highest where a
+        metric's `higher_is_better` says so) and its update go to the run summary."""
         for key, value in values.items():
-            if "loss" in key and (key not in self.best or value < self.best[key][0]):
+            higher = better_when_higher(key, self.higher_is_better)
+            if higher is None or not math.isfinite(value):
+                continue
+            best = self.best.get(key)
+            if best is None or (value > best[0] if higher else value < best[0]):
                 self.best[key] = (value, step)
         self.artifacts.see(step, values)
         self.log({"step": step, **values})
@@ -237,6 +248,26 @@ class Tracker:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         self._log_wandb(row)
+
+    def log_confusion(self, step: int, metrics: Any) -> None:
+        """`eval.confusion_matrix`: the matrix `metrics` (EvalMetrics) just computed, summed over the ranks, to
+        W&B as a table drawn by W&B's confusion-matrix chart (what `wandb.plot.confusion_matrix` logs, made
+        from the counts rather than from every sample's label), and kept for the run summary."""
+        matrix = metrics.confusion if metrics is not None else None
+        if matrix is None:
+            return
+        self.confusion = matrix
+        if self._run is None or step < self.wandb_from:
+            return
+        import wandb
+
+        cells = [[str(actual), str(predicted), count] for actual, row in enumerate(matrix)
+                 for predicted, count in enumerate(row)]
+        table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=cells)
+        chart = wandb.plot_table("wandb/confusion_matrix/v1", table,
+                                 {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+                                 {"title": f"Confusion matrix, update {step}"})
+        self.accelerator.log({"step": step, "eval/confusion_matrix": chart}, step=step)
 
     def attach(self, files: list[Path]) -> None:
         """Files (profiler traces) saved with the W&B run, under their path relative to output_dir."""

@@ -363,7 +363,7 @@ def load_checkpoint(accelerator: Accelerator, model: nn.Module, candidates: list
 # reports, where it runs. Everything else defines the weights, the optimizer's or the lr strategy's state or the
 # data order a checkpoint holds, and a change is refused before anything is loaded.
 RESUME_MAY_CHANGE = (
-    "output_dir", "imports", "hooks", "tracking.", "distributed.", "data.num_workers", "train.max_steps",
+    "output_dir", "imports", "hooks", "eval.", "tracking.", "distributed.", "data.num_workers", "train.max_steps",
     "train.max_samples", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
     "train.keep_checkpoints", "train.resume", "train.progress", "train.plots", "train.keep_freed_memory",
     "train.compile", "train.deterministic", "train.peak_flops", "train.nonfinite", "train.mixed_precision",
