@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 from accelerate.utils import gather_object
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from template.hooks.base import HOOKS, Hook, HookContext
 from template.runtime.distributed import param_digest
-from template.runtime.sharding import full_state_dict, is_sharded
+from template.runtime.sharding import full_state_dict, is_dtensor, is_sharded
 
 
 @HOOKS.register("ema")
@@ -39,7 +38,9 @@ class EMA(Hook):
         params: dict[str, torch.Tensor] = {name: p for name, p in ctx.plain.named_parameters() if p.requires_grad}
         for name, value in self.shadow.items():  # full tensors (from an unsharded run's checkpoint), now sharded
             param = params[name]
-            if isinstance(param, DTensor) and not isinstance(value, DTensor):
+            if is_dtensor(param) and not is_dtensor(value):
+                from torch.distributed.tensor import distribute_tensor
+
                 self.shadow[name] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements,
                                                       src_data_rank=None)
         return params

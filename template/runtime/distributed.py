@@ -17,9 +17,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from template.errors import LaunchError, LRSyncError
+from template.runtime.sharding import is_dtensor
 
 if TYPE_CHECKING:
     from template.schedules.base import LRSchedule
@@ -195,7 +195,7 @@ def _drain_gloo_at_exit() -> None:
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    if isinstance(tensor, DTensor):  # an FSDP2 shard: digest the full parameter (a collective, every rank calls it)
+    if is_dtensor(tensor):  # an FSDP2 shard: digest the full parameter (a collective, every rank calls it)
         tensor = tensor.full_tensor().clone()  # clone: a plain tensor, not the async collective's wrapper
     # reshape(-1): a 0-dim parameter (the tutorial's scalar theta) cannot be viewed as bytes directly.
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from template.errors import NonFiniteError
+from template.runtime.sharding import local
 
 
 def gradients_finite(model: nn.Module, grad_norm: torch.Tensor | None) -> bool:
@@ -25,7 +25,6 @@ def gradients_finite(model: nn.Module, grad_norm: torch.Tensor | None) -> bool:
 def assert_finite(model: nn.Module) -> None:
     """Raise naming the first non-finite parameter: called before any weights are written."""
     for name, param in model.named_parameters():
-        local = param.to_local() if isinstance(param, DTensor) else param  # a shard: each rank checks its own
-        if not torch.isfinite(local).all():
+        if not torch.isfinite(local(param)).all():  # a shard: each rank checks its own
             raise NonFiniteError(f"parameter '{name}' is non-finite (NaN/inf); refusing to save it, the newest "
                                  "checkpoint holds the last good state")

@@ -19,25 +19,22 @@ number of processes, and a plain (DDP) checkpoint's full tensors load into a sha
 from __future__ import annotations
 
 import fnmatch
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from template.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
+
+# torch.distributed's FSDP, DTensor and checkpoint modules are imported where they are used (0.6 s, sympy among
+# them): `--help`, a config error or a script that builds no optimizer never pays for them (torch's optimizers
+# import dynamo, which imports them), and nothing can be sharded before they are imported.
 
 PLACEHOLDER = "__shard__"  # in trainer.pt: where an entry's DTensor was (its shards are in sharded/)
 SHARDED_DIR = "sharded"  # a checkpoint's DCP files (model and optimizer shards of every rank)
@@ -45,7 +42,19 @@ UNITS_KEY = "distributed.shard_units"
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+
+
+def is_dtensor(value: Any) -> TypeGuard[DTensor]:
+    """Whether `value` is a DTensor (a shard), without importing DTensor where nothing could be one."""
+    tensor = sys.modules.get("torch.distributed.tensor")
+    return tensor is not None and isinstance(value, tensor.DTensor)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor, or the tensor itself."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
 def shard_units(model: nn.Module, patterns: list[str]) -> list[tuple[str, nn.Module]]:
@@ -90,6 +99,9 @@ def shard_model(model: nn.Module, units: list[tuple[str, nn.Module]], optimizer:
                 device: torch.device, mixed_precision: str | None, compile_units: bool) -> nn.Module:
     """Compile (if asked) and shard each unit, then the root, in place; the optimizer is pointed at the
     sharded parameters (fully_shard replaces each Parameter by a DTensor one under the same name)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     before = dict(model.named_parameters())
     model.to(device)
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
@@ -113,8 +125,8 @@ def reshard(model: nn.Module) -> None:
     """Put the sharded parameters back after a forward without backward (evaluation): FSDP2 keeps the root's
     parameters gathered after its forward, expecting the backward, and a hook would see full plain tensors."""
     for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
+        if is_sharded(module):
+            module.reshard()  # type: ignore[operator]
 
 
 def set_gradient_sync(model: nn.Module, sync: bool) -> None:
@@ -127,7 +139,7 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     rank scales its shard by the same factor."""
     grads = [p.grad for p in params if p.grad is not None]
     total = torch.nn.utils.get_total_norm(grads)
-    if isinstance(total, DTensor):
+    if is_dtensor(total):
         total = total.full_tensor()
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
@@ -136,8 +148,8 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
 def local_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Bytes this rank holds of the parameters and the optimizer state (its shards only, when sharded)."""
     def size(t: torch.Tensor) -> int:
-        local = t.to_local() if isinstance(t, DTensor) else t
-        return local.numel() * local.element_size()
+        part = local(t)
+        return part.numel() * part.element_size()
 
     seen: set[int] = set()
     total = 0
@@ -152,6 +164,8 @@ def local_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full tensors under the plain names, on CPU, on rank 0 (a collective; other ranks get {})."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options)  # type: ignore[return-value]
 
@@ -162,7 +176,7 @@ def split_shards(tree: Any, path: str = "entries") -> tuple[Any, dict[str, DTens
     shards: dict[str, DTensor] = {}
 
     def walk(node: Any, where: str) -> Any:
-        if isinstance(node, DTensor):
+        if is_dtensor(node):
             shards[where] = node
             return {PLACEHOLDER: where, "shape": list(node.shape), "dtype": str(node.dtype).removeprefix("torch.")}
         if isinstance(node, dict):
@@ -177,6 +191,8 @@ def split_shards(tree: Any, path: str = "entries") -> tuple[Any, dict[str, DTens
 def _fill_shards(tree: Any, mesh: Any) -> tuple[Any, dict[str, DTensor]]:
     """The reverse of `split_shards`: empty DTensors (sharded over `mesh` as FSDP2 shards, dim 0) in place of
     the placeholders, for DCP to load into, whatever the number of ranks that wrote them."""
+    from torch.distributed.tensor import Shard
+
     templates: dict[str, DTensor] = {}
 
     def walk(node: Any) -> Any:
@@ -198,6 +214,9 @@ def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
                  shards: dict[str, DTensor]) -> None:
     """Every rank writes its shards of the model, the optimizer and the entries' DTensors into
     `directory/sharded` (a collective); rank 0 writes DCP's metadata."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer),
              "entries": shards}
     dcp.save(state, checkpoint_id=str(directory / SHARDED_DIR))
@@ -206,8 +225,17 @@ def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
 def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, shared: dict[str, Any]) -> None:
     """Load a sharded checkpoint written by any number of ranks, or a plain one's full tensors (a collective);
     the placeholders in `shared` (trainer.pt's entries) are replaced by the loaded shards, in place."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
     if (directory / SHARDED_DIR).is_dir():
-        mesh = next(p.device_mesh for p in model.parameters() if isinstance(p, DTensor))
+        mesh = next(p.device_mesh for p in model.parameters() if is_dtensor(p))
         filled, templates = _fill_shards(shared, mesh)
         state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer),
                  "entries": templates}
@@ -234,11 +262,13 @@ def by_name(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str,
     if len(numbered) != len(order):
         raise ConfigError("train.resume", f"the checkpoint's optimizer holds {len(numbered)} parameters, this "
                                           f"model {len(order)}")
+    from torch.distributed.tensor import distribute_tensor
+
     fqn = dict(zip(numbered, order, strict=True))
     params = dict(model.named_parameters())
 
     def shard(value: Any, param: torch.Tensor) -> Any:  # a full tensor shaped like its parameter: this rank's part
-        if isinstance(value, torch.Tensor) and isinstance(param, DTensor) and value.shape == param.shape:
+        if isinstance(value, torch.Tensor) and is_dtensor(param) and value.shape == param.shape:
             return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
         return value
 
