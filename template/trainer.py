@@ -180,6 +180,9 @@ def preflight(cfg: Config, world_size: int = 1, device: torch.device | None = No
     if cfg.distributed.shard == "fsdp2" and str(t.micro_batch_size) == "auto":
         raise ConfigError("train.micro_batch_size", "auto's trial updates run per rank, but a sharded forward is a "
                                                     "collective of every rank: set a number with distributed.shard")
+    if cfg.distributed.shard == "fsdp2" and cfg.optimizer.name == "muon":
+        raise ConfigError("optimizer.name", "muon orthogonalises each hidden matrix whole, and distributed.shard=fsdp2 "
+                                            "splits them across ranks: use adamw sharded, or muon unsharded")
     if cfg.distributed.shard == "fsdp2" and t.mixed_precision == "fp16":
         raise ConfigError("train.mixed_precision", "fp16's GradScaler does not work on FSDP2's sharded gradients; "
                                                    "use bf16 (FSDP2 keeps fp32 weights and reduces in fp32)")

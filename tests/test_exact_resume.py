@@ -45,9 +45,11 @@ def kill_and_resume(args: tuple[str, ...], out: Path, nproc: int, kill_after: in
     assert resumed and int(resumed.group(1)) < STEPS, stdout  # a resume mid-run, not after the end
 
 
-@pytest.mark.parametrize("nproc,workers", [(1, 0), (1, 2), pytest.param(2, 0, marks=pytest.mark.ddp)])
-def test_dropout_and_global_draws_resume_bit_exactly(corpus, tmp_path, nproc, workers):
-    args = (*tiny_args(corpus, STEPS), *RANDOM, f"data.num_workers={workers}")
+@pytest.mark.parametrize("nproc,workers,optimizer", [(1, 0, "adamw"), (1, 2, "adamw"),
+                                                     pytest.param(2, 0, "adamw", marks=pytest.mark.ddp),
+                                                     (1, 0, "muon")])  # muon: Muon's momentum + AdamW's moments
+def test_dropout_and_global_draws_resume_bit_exactly(corpus, tmp_path, nproc, workers, optimizer):
+    args = (*tiny_args(corpus, STEPS), *RANDOM, f"data.num_workers={workers}", f"optimizer.name={optimizer}")
     reference = tmp_path / "straight"
     if nproc == 1:
         train_here(args, reference)

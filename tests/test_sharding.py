@@ -205,6 +205,7 @@ def test_a_kill_while_shards_are_written_leaves_the_previous_checkpoint_to_resum
     (("distributed.shard_units=[nothing.*]",), "distributed.shard_units"),
     (("model.name=linear", "model.kwargs={}"), "distributed.shard_units"),
     (("distributed.shard=zero3",), "distributed.shard"),
+    (("optimizer.name=muon",), "optimizer.name"),
 ])
 def test_bad_sharding_input_is_one_line_naming_the_key(tmp_path: Path, overrides: tuple[str, ...], key: str) -> None:
     proc = run_here(*FAST, SHARD, *overrides, f"output_dir={tmp_path}", check=False, env=plugin_env())

@@ -144,10 +144,12 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], beta: float = 0.98,
 
 
 def base_ratios(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig) -> list[float]:
-    """Each param group's configured base lr / `optimizer.lr`, from the config: the schedule built with the
-    optimizer may already have moved the groups' lr (a warmup starting at 0)."""
+    """Each param group's base lr / `optimizer.lr`: the schedule built with the optimizer may already have
+    moved the groups' lr (a warmup starting at 0), so the base is the `initial_lr` it recorded, else the
+    config's (an optimizer may set a group's base lr itself: `muon`'s Muon part)."""
     own = {g.name: g.lr for g in cfg.groups if g.lr is not None}
-    return [own.get(str(group.get("name", "")), cfg.lr) / cfg.lr for group in optimizer.param_groups]
+    return [float(group.get("initial_lr", own.get(str(group.get("name", "")), cfg.lr))) / cfg.lr
+            for group in optimizer.param_groups]
 
 
 def range_test(accelerator: Accelerator, model: nn.Module, optimizer: Any, update: UpdateStep,

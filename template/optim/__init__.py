@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from template.config import OptimizerConfig
 from template.errors import ConfigError
+from template.optim.muon import build_muon
 from template.registry import Registry
 
 OPTIMIZERS: Registry = Registry("optimizer", "optimizer.name")
@@ -109,6 +111,7 @@ def _torch_optimizer(cls: Any) -> Callable[..., torch.optim.Optimizer]:
 OPTIMIZERS.add("sgd", _torch_optimizer(torch.optim.SGD))
 OPTIMIZERS.add("adam", _torch_optimizer(torch.optim.Adam))
 OPTIMIZERS.add("adamw", _torch_optimizer(torch.optim.AdamW))
+OPTIMIZERS.add("muon", build_muon)  # torch's Muon for hidden matrices + AdamW for the rest (template/optim/muon.py)
 
 
 def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]:
@@ -136,7 +139,18 @@ def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]
     return result
 
 
+def _takes_model(factory: Any) -> bool:
+    try:
+        return "model" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): an optimizer of the usual kind
+        return False
+
+
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, seed: int) -> torch.optim.Optimizer:
-    """`seed` (the run's) seeds optimizer randomness unless `optimizer.kwargs.seed` pins its own."""
+    """`seed` (the run's) seeds optimizer randomness unless `optimizer.kwargs.seed` pins its own. A factory
+    that declares a `model` argument gets the model too: splitting parameters by name or layer (as `muon`
+    does) needs more than the param groups."""
     kwargs = {"seed": seed, **cfg.kwargs}
+    if _takes_model(OPTIMIZERS.get(cfg.name)):
+        kwargs["model"] = model
     return OPTIMIZERS.build(cfg.name, param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
