@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bench import harness
-from bench.configs import GPT_SPECS, SPECS
+from bench.configs import GPT_SPECS, GPT_VOCAB_SPECS, SPECS
 from bench.harness import run_loop_worker, run_worker
 from bench.loops import LOOPS
 from bench.report import print_report, ratios, targets
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a smoke run: few steps, one repeat, small model only")
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--worker-loop", choices=tuple(LOOPS), help=argparse.SUPPRESS)
-    p.add_argument("--worker-model", choices=(*SPECS, "gpt"), default="small", help=argparse.SUPPRESS)
+    p.add_argument("--worker-model", choices=(*SPECS, "gpt", "gpt_vocab"), default="small", help=argparse.SUPPRESS)
     p.add_argument("--worker-data", help=argparse.SUPPRESS)
     p.add_argument("--worker-compile", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker-measured", type=int, default=0, help=argparse.SUPPRESS)
@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--models: choose from {', '.join(SPECS)}")
     args.specs = [replace(SPECS[m], warmup=10, measured=50) if args.quick else SPECS[m] for m in models]
     args.gpt_spec = replace(GPT_SPECS[args.device], warmup=2, measured=10) if args.quick else GPT_SPECS[args.device]
+    args.gpt_vocab_spec = (replace(GPT_VOCAB_SPECS[args.device], warmup=2, measured=10) if args.quick
+                           else GPT_VOCAB_SPECS[args.device])
     if args.quick:
         args.lightning = False
     if args.threads < 1 or args.repeats < 1 or args.budget_s < 0:

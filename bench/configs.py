@@ -55,6 +55,7 @@ class GPTSpec:
     warmup: int  # updates excluded from the timing: with compile on, the first one compiles
     measured: int  # timed updates (a multiple of LOG_EVERY)
     name: str = "gpt"
+    vocab_size: int = 256  # configs/gpt.yaml's bytes
 
     @property
     def steps(self) -> int:
@@ -70,6 +71,16 @@ GPT_SPECS = {
     "cpu": GPTSpec(n_layer=4, n_head=4, n_embd=128, block_size=128, batch=16, warmup=10, measured=100),
     # GPT-2 small's shape (with the byte vocabulary, 256), 16 x 1024 tokens an update in bf16
     "cuda": GPTSpec(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch=16, warmup=10, measured=50),
+}
+# The same shapes with GPT-2's vocabulary (50,257 padded to 50,304, configs/gpt2_small.yaml's): the output
+# projection is then about a third of GPT-2 small's FLOPs. Random tokens (speed does not depend on them); on
+# CPU batch 4, since (4 x 128) x 50,304 logits already make the head most of the update.
+VOCAB = 50_304
+GPT_VOCAB_SPECS = {
+    "cpu": GPTSpec(n_layer=4, n_head=4, n_embd=128, block_size=128, batch=4, warmup=2, measured=10, name="gpt_vocab",
+                   vocab_size=VOCAB),
+    "cuda": GPTSpec(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch=16, warmup=10, measured=50,
+                    name="gpt_vocab", vocab_size=VOCAB),
 }
 
 
@@ -105,7 +116,7 @@ def gpt_config(spec: GPTSpec, output_dir: Path | str, data_dir: Path | str, comp
         f"output_dir={output_dir}", "train.resume=none", f"train.max_steps={spec.steps}",
         f"train.batch_size={spec.batch}", f"model.kwargs.n_layer={spec.n_layer}", f"model.kwargs.n_head={spec.n_head}",
         f"model.kwargs.n_embd={spec.n_embd}", f"model.kwargs.block_size={spec.block_size}",
-        f"data.kwargs.dir={data_dir}",
+        f"model.kwargs.vocab_size={spec.vocab_size}", f"data.kwargs.dir={data_dir}",
         "tracking.wandb=false", "train.progress=false", "train.checkpoint_every=0", "train.eval_every=0",
         "train.plots=false", f"train.log_every={LOG_EVERY}", f"train.compile={str(compile_model).lower()}",
         *(["train.mixed_precision=bf16"] if device.type == "cuda" else []),
@@ -134,3 +145,17 @@ def token_data(workdir: Path) -> Path:
                    check=True, capture_output=True, timeout=300)
     return out
 
+
+
+def random_token_data(workdir: Path, vocab_size: int, tokens: int = 1 << 22, seed: int = 0) -> Path:
+    """uint16 token files of uniform random ids below `vocab_size`: the speed of a vocabulary without a corpus."""
+    import numpy as np
+
+    out = workdir / f"random_tokens_{vocab_size}"
+    if not (out / "meta.json").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        ids = np.random.default_rng(seed).integers(0, vocab_size, size=tokens, dtype=np.uint16)
+        ids.tofile(out / "train.bin")
+        ids[: tokens // 8].tofile(out / "val.bin")
+        (out / "meta.json").write_text(json.dumps({"dtype": "uint16", "vocab_size": vocab_size}) + "\n")
+    return out

@@ -30,6 +30,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from bench.configs import (
     GPT_SPECS,
+    GPT_VOCAB_SPECS,
     LOG_EVERY,
     ROOT,
     SPECS,
@@ -203,8 +204,9 @@ def loop_in_worker(args: argparse.Namespace, loop: str, spec: ModelSpec | GPTSpe
 
 def run_loop_worker(args: argparse.Namespace) -> None:
     """`--worker-loop LOOP --worker-model M --worker-out FILE`: one timed run, written as JSON."""
-    gpt = args.worker_model == "gpt"
-    spec: ModelSpec | GPTSpec = GPT_SPECS[args.device] if gpt else SPECS[args.worker_model]
+    gpt = args.worker_model in ("gpt", "gpt_vocab")
+    spec: ModelSpec | GPTSpec = ((GPT_SPECS if args.worker_model == "gpt" else GPT_VOCAB_SPECS)[args.device] if gpt
+                                 else SPECS[args.worker_model])
     if args.worker_measured:
         spec = replace(spec, warmup=args.worker_warmup, measured=args.worker_measured)
     out = Path(args.worker_out)

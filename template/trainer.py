@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,6 +32,7 @@ from template.errors import ConfigError, DriftError, NonFiniteError
 from template.hooks import HookContext, Hooks
 from template.metrics import EvalMetrics, build_eval_metrics, check_monitors
 from template.parts import Parts, build_parts
+from template.reporting.bits_per_byte import bits_per_byte
 from template.reporting.memory import PeakMemory, per_rank
 from template.reporting.profiling import UpdateProfiler
 from template.reporting.redaction import config_yaml, safe_config
@@ -280,6 +282,8 @@ def train(cfg: Config) -> dict[str, Any]:
         if accelerator.is_main_process:  # each resume's config apart: config.yaml describes the first process
             out.mkdir(parents=True, exist_ok=True)
             (out / ("config.yaml" if start == 0 else f"config.resumed-{start:08d}.yaml")).write_text(config_yaml(cfg))
+            for path in getattr(parts.train_set, "run_files", ()):  # the tokenizer: samples decode from out alone
+                shutil.copyfile(path, out / path.name)
         accelerator.wait_for_everyone()
         preview = draw_lr_preview(cfg, out) if tracker.wandb and t.plots and accelerator.is_main_process else {}
         tracker.start(start, preview)
@@ -290,7 +294,8 @@ def train(cfg: Config) -> dict[str, Any]:
         eval_loader, eval_batches = None, 0
         if parts.eval_set is not None and t.eval_every:
             eval_loader, eval_batches = make_eval_loader(parts.eval_set, t.batch_size, t.eval_batches, world,
-                                                         accelerator.process_index, accelerator.device.type == "cuda")
+                                                         accelerator.process_index, accelerator.device.type == "cuda",
+                                                         micro.accum)
         eval_metrics = parts.metrics.to(accelerator.device) if parts.metrics else None
         update: UpdateStep | AdaptiveUpdate
         update = UpdateStep(accelerator, model, optimizer, loss_fn, micro.accum, t.clip_grad_norm,
@@ -337,6 +342,7 @@ def train(cfg: Config) -> dict[str, Any]:
             if eval_loader is not None and (step % t.eval_every == 0 or step == last_step):
                 metrics.update(evaluate(accelerator, model, loss_fn, eval_loader, eval_batches, eval_metrics))
                 tracker.log_confusion(step, eval_metrics)  # eval.confusion_matrix: these weights' (before a hook's)
+                metrics.update(bits_per_byte(metrics["eval/loss"], parts.eval_set))  # if it knows tokens/byte
             # the lr step: the strategy advances by the steps this update completed; a metric-driven one sees
             # the metric once, on the last of them
             for lr_step in lr_steps:

@@ -67,6 +67,10 @@ def test_quick_benchmark_writes_every_number(tmp_path):
     assert eager["same_params_as_trainer"] is True  # the nanoGPT-style loop really is the same training
     spec = gpt["spec"]
     assert positive(gpt["flops_per_token"]) and gpt["tokens_per_update"] == spec["batch"] * spec["block_size"]
+    vocab = gpt["vocab"]  # GPT-2's vocabulary on the same shape, the trainer alone
+    assert vocab["spec"]["vocab_size"] == 50_304 and vocab["flops_per_token"] > gpt["flops_per_token"]
+    assert positive(vocab["modes"]["eager"]["tokens_per_s"])
+    assert positive(vocab["modes"]["eager"]["trainer_logged"]["tokens_per_s"])
 
     names = {t["target"] for t in results["targets"]}
     assert "small: trainer / raw updates/s" in names and "RandomScaledSGD.step / SGD(foreach) step time" in names

@@ -9,6 +9,11 @@ reported apart. The model: on CPU configs/gpt.yaml's as shipped (4 layers, 4 hea
 128), batch 16; with `--device cuda` GPT-2 small's shape (12 x 12 x 768, block 1024, byte vocabulary),
 batch 16, bf16, with MFU where the GPU's peak is known (template/reporting/throughput.py). Token files:
 data/stdlib_bytes if scripts/prepare_text.py wrote it, else prepared into the work dir.
+
+Next to it, `vocab`: the same shape with GPT-2's vocabulary padded to 50,304 (configs/gpt2_small.yaml's, on
+random tokens), the trainer alone, one fresh run per mode: its tokens/s and MFU. On a GPU its output
+projection is about a third of the FLOPs and the most efficient matmul of the update, so it is the figure
+for the model people train; on CPU a batch of 4 keeps it to seconds.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bench.configs import gpt_config, token_data
+from bench.configs import gpt_config, random_token_data, token_data
 from bench.harness import compare, loop_in_worker, summarize
 from bench.loops import GPT_LOOPS
 from bench.sections import Context
@@ -108,6 +113,7 @@ def run(ctx: Context) -> dict[str, Any]:
         }
         if peak:
             result["modes"][mode]["mfu"] = {loop: v["median"] * flops_per_token / peak for loop, v in tokens.items()}
+    result["vocab"] = vocab_shape(ctx, modes)
     if "compile" in modes:  # compiled / eager tokens/s, median of the per-repeat ratios (same repeat, same loop)
         result["compile_speedup"] = {
             loop: statistics.median(c["wall"] / e["wall"] for c, e in zip(runs["compile", loop], runs["eager", loop],
@@ -122,6 +128,33 @@ def run(ctx: Context) -> dict[str, Any]:
     else:
         result["notes"] = ["compile off only (--quick / --no-compile)"]
     return result
+
+
+def vocab_shape(ctx: Context, modes: list[str]) -> dict[str, Any]:
+    """The trainer on the GPT-2-vocabulary shape, one fresh run per mode: tokens/s, the trainer's own rows, MFU."""
+    from template.models.gpt import GPT
+    from template.reporting.throughput import device_peak_flops
+
+    args, device, workdir = ctx.args, ctx.device, ctx.workdir
+    spec = args.gpt_vocab_spec
+    data_dir = random_token_data(workdir, spec.vocab_size)
+    with torch.device("meta"):
+        flops_per_token = GPT(**gpt_config(spec, workdir, data_dir, False, device).model.kwargs).flops_per_token()
+    peak = device_peak_flops(device)
+    out: dict[str, Any] = {"spec": asdict(spec), "tokens_per_update": spec.tokens_per_update,
+                           "flops_per_token": flops_per_token, "peak_flops": peak, "modes": {}}
+    for mode in modes:
+        env = {"TORCHINDUCTOR_CACHE_DIR": str(workdir / "gpt_vocab-inductor")} if mode == "compile" else {}
+        rates, info = loop_in_worker(args, "trainer", spec, workdir / f"gpt_vocab-{mode}", device,
+                                     [f"--worker-data={data_dir}", *(["--worker-compile"] if mode == "compile"
+                                                                     else [])], **env)
+        tokens = rates["wall"] * spec.tokens_per_update
+        out["modes"][mode] = {"tokens_per_s": tokens, "cpu_tokens_per_s": rates["cpu"] * spec.tokens_per_update,
+                              "first_update_s": info["first_update_s"], "trainer_logged": info.get("logged", {}),
+                              **({"mfu": tokens * flops_per_token / peak} if peak else {})}
+        print(f"  gpt   vocab {spec.vocab_size} {mode:8s} trainer {tokens:10.0f} tokens/s "
+              f"(first update {info['first_update_s']:.2f} s)", flush=True)
+    return out
 
 
 def report(results: dict[str, Any]) -> None:
@@ -163,6 +196,13 @@ def report(results: dict[str, Any]) -> None:
                 f"{warm:.1f} s)" if (warm := g["compile_s"][loop]["warm"]) is not None else "-)")
             for loop, x in g["compile_speedup"].items()))
         print("(1st update column, compile: the first repeat's / the second's, cold / warm inductor cache)")
+    if "vocab" in g:
+        v, vs = g["vocab"], g["vocab"]["spec"]
+        print(f"vocabulary {vs['vocab_size']:,} (GPT-2's, padded; random tokens), batch {vs['batch']} x "
+              f"{vs['block_size']}, {v['flops_per_token'] / 1e6:.1f} MFLOP a token (bytes: "
+              f"{g['flops_per_token'] / 1e6:.1f}), the trainer alone, one run per mode: " + ", ".join(
+                  f"{mode} {m['tokens_per_s']:.0f} tokens/s" + (f", MFU {m['mfu']:.1%}" if "mfu" in m else "")
+                  for mode, m in v["modes"].items()))
     for note in g.get("notes", []):
         print(f"note: {note}")
 

@@ -272,15 +272,19 @@ class TensorBatches:
 
 
 def make_eval_loader(dataset: Dataset, batch_size: int, max_batches: int, world: int, rank: int,
-                     pin_memory: bool) -> tuple[Any, int]:
-    """The eval split in order, each global batch split over the ranks; returns (loader, batches to use).
+                     pin_memory: bool, accum: int = 1) -> tuple[Any, int]:
+    """The eval split in order, each global batch split over the ranks and into `accum` micro-batches as
+    training's is (a global batch that needs accumulation to fit in memory would not fit one forward: GPT-2
+    small's 512 x 1024 x 50,304 logits); returns (loader, micro-batches to use).
 
-    The global eval batch is rounded down to a multiple of the world size so every rank holds the same
-    number of samples; `max_batches=0` means the whole split (its incomplete tail dropped).
+    The global eval batch is rounded down to a multiple of world x accum so every rank holds the same
+    number of samples; `max_batches=0` means the whole split (its incomplete tail dropped). The same
+    samples make a global batch whatever `accum`: the sample-weighted mean is the same to float rounding.
     """
     size = len(dataset)  # type: ignore[arg-type]
     batch = min(batch_size, size)
-    batch -= batch % world
-    sampler = GlobalBatchSampler(size, batch, 1, world, rank, seed=0, shuffle=False)
+    accum = accum if batch >= world * accum else 1  # a split smaller than one global batch: whole per rank
+    batch -= batch % (world * accum)
+    sampler = GlobalBatchSampler(size, batch, accum, world, rank, seed=0, shuffle=False)
     return make_loader(dataset, sampler, 0, pin_memory), min(max_batches or sampler.updates_per_epoch,
-                                                             sampler.updates_per_epoch)
+                                                             sampler.updates_per_epoch) * accum

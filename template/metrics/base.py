@@ -186,7 +186,7 @@ def better_when_higher(key: str, known: dict[str, bool]) -> bool | None:
     as the metric it is made from; None when unknown."""
     if key in known:
         return known[key]
-    if "loss" in key:
+    if "loss" in key or key.startswith("eval/bpb"):  # bits per byte is the loss in other units
         return False
     base = max((k for k in known if key.startswith(k + "_")), key=len, default=None)
     return known[base] if base is not None else None
