@@ -73,8 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(m not in SPECS for m in models):
         p.error(f"--models: choose from {', '.join(SPECS)}")
     args.specs = [replace(SPECS[m], warmup=10, measured=50) if args.quick else SPECS[m] for m in models]
-    args.gpt_spec = replace(GPT_SPECS[args.device], warmup=2, measured=10) if args.quick else GPT_SPECS[args.device]
-    args.gpt_vocab_spec = (replace(GPT_VOCAB_SPECS[args.device], warmup=2, measured=10) if args.quick
+    args.gpt_spec = replace(GPT_SPECS[args.device], warmup=1, measured=4) if args.quick else GPT_SPECS[args.device]
+    # --quick on CPU: one window of 32 tokens (each token's 50,304 logits make an update ~10 ms a token here)
+    small_vocab = {"batch": 1, "block_size": 32} if args.device == "cpu" else {}
+    args.gpt_vocab_spec = (replace(GPT_VOCAB_SPECS[args.device], warmup=1, measured=4, **small_vocab) if args.quick
                            else GPT_VOCAB_SPECS[args.device])
     if args.quick:
         args.lightning = False

@@ -20,7 +20,7 @@ from conftest import ROOT, run_here, run_train
 pytestmark = pytest.mark.e2e
 SCRIPT = ROOT / "tests" / "plugins" / "host_reads.py"
 STEPS, LOG_EVERY = 30, 10
-CPU_ONLY = {"optim.py:draw_factor"}  # a CPU generator's scalar: no device involved
+CPU_ONLY = {"optim/__init__.py:draw_factor"}  # a CPU generator's scalar: no device involved
 RUN = (f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}", "tracking.wandb=false", "train.plots=false",
        "train.eval_every=0", "train.checkpoint_every=0")
 
@@ -38,7 +38,7 @@ def check(found: dict[int, set[str]]) -> None:
     assert set(device_reads) <= logged, {k: v for k, v in device_reads.items() if k not in logged}
     # not vacuous: the loss is read after each log update, and the factor draw was seen every update
     assert all("trainer.py:train" in device_reads.get(k, set()) for k in range(LOG_EVERY, STEPS + 1, LOG_EVERY))
-    assert all("optim.py:draw_factor" in found[k] for k in range(STEPS))
+    assert all("optim/__init__.py:draw_factor" in found[k] for k in range(STEPS))
 
 
 @pytest.mark.parametrize("extra", [(), ("train.clip_grad_norm=0", "tracking.log_grad_norm=true")])

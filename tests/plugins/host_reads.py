@@ -45,7 +45,9 @@ class HostReads(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if func in READS:
             frames = [f for f in traceback.extract_stack() if ours(f.filename)]
-            where = f"{Path(frames[-1].filename).name}:{frames[-1].name}" if frames else "?"
+            path = Path(frames[-1].filename) if frames else None  # a package's __init__.py named with its folder
+            file = "/".join(path.parts[-2:]) if path and path.name == "__init__.py" else path.name if path else "?"
+            where = f"{file}:{frames[-1].name}" if frames else "?"
             self.reads.append({"after_update": self.updates, "op": str(func), "where": where})
         return func(*args, **(kwargs or {}))
 
