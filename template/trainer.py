@@ -88,6 +88,9 @@ class UpdateStep:
         self._params = list(model.parameters())
         self._scaled = accelerator.scaler is not None
         self.sharded = sharding.is_sharded(model)
+        # the norm on every update: clipping needs it, and so does skipping sharded gradients (their finiteness
+        # is read from the norm over every shard)
+        self._every_norm = bool(clip) or (self.sharded and skip_nonfinite)
 
     def grad_norm(self, max_norm: float) -> torch.Tensor:
         """Clip to `max_norm` and return the total norm (max_norm=inf: the norm only, grads x 1.0)."""
@@ -117,9 +120,7 @@ class UpdateStep:
             self._backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
         assert total is not None
-        # sharded gradients: the skip decision needs the norm over every shard, which clipping computes
-        want_norm = want_norm or (self.sharded and self.skip_nonfinite)
-        norm = self.grad_norm(self.clip or math.inf) if self.clip or want_norm else None
+        norm = self.grad_norm(self.clip or math.inf) if self._every_norm or want_norm else None
         # fp16's GradScaler already skips a non-finite update, and must be the one to (its scale has to update)
         applied = self._scaled or not self.skip_nonfinite or nonfinite.gradients_finite(self.model, norm)
         if applied:

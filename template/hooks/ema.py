@@ -33,16 +33,19 @@ class EMA(Hook):
         self.decay, self.start, self.every = decay, start, every
         self.shadow: dict[str, torch.Tensor] = {}
         self.updates = 0  # EMA updates made so far
+        self.loaded = False  # a checkpoint's shadow, not yet placed like the parameters
 
     def _params(self, ctx: HookContext) -> dict[str, torch.Tensor]:
         params: dict[str, torch.Tensor] = {name: p for name, p in ctx.plain.named_parameters() if p.requires_grad}
-        for name, value in self.shadow.items():  # full tensors (from an unsharded run's checkpoint), now sharded
-            param = params[name]
-            if is_dtensor(param) and not is_dtensor(value):
-                from torch.distributed.tensor import distribute_tensor
+        if self.loaded:  # once after a resume: an unsharded run's full tensors, sharded like the parameters now
+            self.loaded = False
+            for name, value in self.shadow.items():
+                param = params[name]
+                if is_dtensor(param) and not is_dtensor(value):
+                    from torch.distributed.tensor import distribute_tensor
 
-                self.shadow[name] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements,
-                                                      src_data_rank=None)
+                    self.shadow[name] = distribute_tensor(value.to(param.device), param.device_mesh,
+                                                          param.placements, src_data_rank=None)
         return params
 
     @torch.no_grad()
@@ -91,6 +94,7 @@ class EMA(Hook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.shadow = {name: t.clone() for name, t in state["shadow"].items()}
         self.updates = int(state["updates"])
+        self.loaded = True
 
     def on_end(self, ctx: HookContext, summary: dict[str, Any]) -> None:
         if not self.shadow:

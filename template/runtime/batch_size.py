@@ -52,11 +52,16 @@ def out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, Exception) and should_reduce_batch_size(exc))
 
 
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of `n` that is at most `at_most` (>= 1): a micro-batch that splits the batch evenly."""
+    return max(d for d in range(1, at_most + 1) if n % d == 0)
+
+
 def halving(per_rank: int, start: int) -> list[int]:
     """`start`, then repeatedly the largest divisor of `per_rank` at most half the previous, down to 1."""
     sizes = [start]
     while sizes[-1] > 1:
-        sizes.append(max(d for d in range(1, sizes[-1] // 2 + 1) if per_rank % d == 0))
+        sizes.append(largest_divisor(per_rank, sizes[-1] // 2))
     return sizes
 
 
@@ -116,7 +121,7 @@ class MicroBatch:
             return
         start = self.size
         if self.saved:
-            self.set(max(d for d in range(1, min(self.saved, start) + 1) if self.per_rank % d == 0))
+            self.set(largest_divisor(self.per_rank, min(self.saved, start)))
             how = "the checkpoint's"
         else:
             if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU,
